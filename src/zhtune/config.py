@@ -1,0 +1,223 @@
+"""One experiment, one YAML file: the schema, loading, dotted overrides and the resolved copy.
+
+Every section is a plain pydantic model with ``extra="forbid"`` so that a typo (``lora.rnak``) is an
+error that names the key and the file instead of a silently ignored setting.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from zhtune.io import atomic_write_text
+
+
+from zhtune.errors import UserError
+
+
+class ConfigError(UserError, ValueError):
+    """A config file or override that cannot be used; the message names the key and the file."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    # A local folder, a hub id, "modelscope:ORG/NAME", a .gguf file or "builtin:NAME".
+    name_or_path: str = "builtin:smollm2-135m-instruct"
+    revision: str | None = None
+    family: str | None = None  # None: detected from config.json
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
+    trust_remote_code: bool = False
+
+
+class ReplayConfig(_Section):
+    # Fraction of the training mix drawn from English instructions (0 = no replay).
+    ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    source: str = "alpaca/alpaca_en_demo.json"
+
+
+class DataConfig(_Section):
+    # Where local benchmark and instruction files live; ZHTUNE_DATA_DIR when None.
+    data_dir: str | None = None
+    # Training sources: files (relative to data_dir or absolute), folders, or hub ids.
+    train: list[str] = Field(default_factory=lambda: ["belle/dev1K.json"])
+    sample_size: int | None = Field(None, gt=0)  # seeded sample, as --belle_sample_size
+    max_length: int = Field(512, gt=8)
+    val_size: float = Field(0.05, ge=0.0, lt=1.0)  # held-out fraction for validation loss
+    packing: bool = True
+    chat_format: bool = True  # use the family's chat format; False: plain instruction template
+    seed: int = 42
+    replay: ReplayConfig = Field(default_factory=ReplayConfig)
+
+
+class LoraConfig(_Section):
+    # None: the model family's documented default (Qwen r=8, alpha=32; Llama r=16, alpha=32).
+    rank: int | None = Field(None, gt=0)
+    alpha: float | None = Field(None, gt=0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    # A preset ("all", "attention", "mlp") or explicit module names.
+    targets: str | list[str] = "all"
+    use_rslora: bool = False
+    use_dora: bool = False
+
+    @field_validator("targets")
+    @classmethod
+    def _targets_not_empty(cls, v):
+        if isinstance(v, list) and not v:
+            raise ValueError("an empty target list trains nothing; use a preset such as 'all'")
+        return v
+
+
+class ProbeConfig(_Section):
+    every_steps: int | None = Field(None, gt=0)  # None: no probes during training
+    ceval_questions: int = Field(40, ge=0)
+    mmlu_questions: int = Field(40, ge=0)
+    perplexity_chars: int = Field(4000, ge=0)
+    keep_best: bool = False  # keep the checkpoint with the best zh-gain / en-loss trade-off
+    min_english_retention: float | None = Field(None, gt=0.0, le=1.0)  # stop early below this
+
+
+class TrainConfig(_Section):
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = Field(4, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    learning_rate: float | None = Field(None, gt=0)  # None: the family's default
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    gradient_checkpointing: bool = False
+    logging_steps: int = Field(5, gt=0)
+    save_steps: int = Field(50, gt=0)
+    save_total_limit: int = Field(2, gt=0)
+    report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
+    deepspeed: str | None = None  # path to a DeepSpeed JSON config
+    seed: int = 42
+    probes: ProbeConfig = Field(default_factory=ProbeConfig)
+
+
+class EvalConfig(_Section):
+    benchmarks: list[Literal["ceval", "cmmlu", "mmlu", "gsm8k"]] = Field(
+        default_factory=lambda: ["ceval", "cmmlu", "mmlu", "gsm8k"]
+    )
+    subjects: list[str] | None = None
+    shots: int = Field(5, ge=0)
+    gsm8k_shots: int = Field(5, ge=0)
+    gsm8k_cot: bool = False  # the 8-shot chain-of-thought exemplars instead of train[:n]
+    limit: int | None = Field(None, gt=0)  # per subject (GSM8K: in all), deterministic
+    batch_size: int = Field(8, gt=0)
+    chat: bool = False  # wrap prompts in the model's chat template
+    max_new_tokens: int = Field(256, gt=0)
+    perplexity: bool = True
+    perplexity_chars: int = Field(20000, ge=0)
+    adapter_scales: list[float] = Field(default_factory=lambda: [1.0])
+
+
+class AnalysisConfig(_Section):
+    bootstrap_samples: int = Field(2000, gt=0)
+    seed: int = 0
+    # Accepted loss of English accuracy (points) when recommending an adapter scale.
+    english_tolerance: float = Field(1.0, ge=0.0)
+
+
+class OutputConfig(_Section):
+    dir: str = "runs/experiment"
+
+
+class ExperimentConfig(_Section):
+    name: str = "experiment"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+
+def _parse_value(text: str) -> Any:
+    """An override's value as YAML would read it: ``16`` -> 16, ``[q_proj,v_proj]`` -> list."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict, overrides: list[str] | None, source: str = "<command line>") -> dict:
+    """Apply ``a.b.c=value`` overrides to a nested dict (a copy)."""
+    raw = json.loads(json.dumps(raw))  # deep copy of plain data
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"{source}: override {item!r} is not of the form key.path=value")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = raw
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{source}: override {key!r}: {part!r} is not a section")
+        node[parts[-1]] = _parse_value(value)
+    return raw
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key '{key}'")
+        else:
+            lines.append(f"{source}: '{key}': {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def config_from_dict(raw: dict, source: str = "<config>") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw or {})
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML experiment config (or the defaults when ``path`` is None) and apply overrides."""
+    raw: dict = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{source}: no such config file") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{source}: not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    if overrides:
+        source = f"{source} (with overrides {' '.join(overrides)})"
+    return config_from_dict(apply_overrides(raw, overrides, source), source)
+
+
+def config_to_dict(cfg: BaseModel) -> dict:
+    return cfg.model_dump(mode="json")
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of plain data (configs, file lists) used to decide whether to redo work."""
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def save_resolved(cfg: BaseModel, out_dir: str | Path, name: str = "config.resolved.yaml") -> Path:
+    """Write the fully resolved config next to a command's outputs."""
+    path = Path(out_dir) / name
+    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True)
+    atomic_write_text(path, text)
+    return path

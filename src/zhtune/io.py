@@ -1,0 +1,59 @@
+"""Small file helpers shared by every stage: atomic writes and where things live."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
+
+
+def atomic_write_jsonl(path: str | Path, rows: Iterable[Any]) -> Path:
+    return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def read_jsonl(path: str | Path) -> list[Any]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def zhtune_home() -> Path:
+    """Cache root for converted models and shared baselines (``ZHTUNE_HOME``, default ~/.cache/zhtune)."""
+    return Path(os.environ.get("ZHTUNE_HOME", Path.home() / ".cache" / "zhtune")).expanduser()
+
+
+def default_data_dir(explicit: str | Path | None = None) -> Path | None:
+    """The local data folder: an explicit path, else ``ZHTUNE_DATA_DIR``, else None (use the hub)."""
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get("ZHTUNE_DATA_DIR")
+    return Path(env).expanduser() if env else None

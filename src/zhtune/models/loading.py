@@ -1,0 +1,72 @@
+"""Load a model and its tokenizer from any source, on the right device and precision."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zhtune.config import ModelConfig
+from zhtune.models.families import ModelFamily, detect_family
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    family: ModelFamily
+    path: Path  # the local folder the weights came from
+    name: str  # what the user asked for (hub id, builtin:..., path)
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested != "auto":
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """bf16 on GPUs that have it, fp16 on older GPUs, fp32 on the CPU (bf16 matmuls are slow there)."""
+    if requested != "auto":
+        return getattr(torch, requested)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
+
+
+def load_model(cfg: ModelConfig | str, for_training: bool = False) -> LoadedModel:
+    """Resolve ``cfg.name_or_path`` to a local safetensors folder and load model + tokenizer."""
+    from transformers import AutoModelForCausalLM
+
+    from zhtune.models.sources import resolve_model
+
+    if isinstance(cfg, str):
+        cfg = ModelConfig(name_or_path=cfg)
+    path = resolve_model(cfg.name_or_path, revision=cfg.revision)
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.dtype, device)
+    tokenizer = load_tokenizer(path, cfg.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=dtype, trust_remote_code=cfg.trust_remote_code, use_safetensors=True)
+    model.to(device)
+    if not for_training:
+        model.eval()
+    family = detect_family(model.config, tokenizer, cfg.name_or_path, cfg.family)
+    log.info("loaded %s (%s, %s, %s) from %s", cfg.name_or_path, family.name, dtype, device, path)
+    return LoadedModel(model=model, tokenizer=tokenizer, family=family, path=Path(path),
+                       name=cfg.name_or_path)

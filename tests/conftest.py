@@ -1,0 +1,43 @@
+"""Shared fixtures: the real data folder and tiny random Llama / Qwen2 models built once per run."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_dir() -> Path:
+    """ZHTUNE_DATA_DIR, else ../shared/data beside the checkout."""
+    env = os.environ.get("ZHTUNE_DATA_DIR")
+    path = Path(env) if env else REPO.parent / "shared" / "data"
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = data_dir()
+    if not (path / "ceval").is_dir():
+        pytest.fail(f"real data not found at {path}; set ZHTUNE_DATA_DIR")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, shared_data) -> Path:
+    from zhtune.testing import build_tiny_model
+
+    return build_tiny_model("llama", tmp_path_factory.mktemp("tiny-llama"), shared_data)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_dir(tmp_path_factory, shared_data) -> Path:
+    from zhtune.testing import build_tiny_model
+
+    return build_tiny_model("qwen2", tmp_path_factory.mktemp("tiny-qwen2"), shared_data)
+
+
+@pytest.fixture(params=["llama", "qwen2"])
+def tiny_model_dir(request, tiny_llama_dir, tiny_qwen_dir) -> Path:
+    return tiny_llama_dir if request.param == "llama" else tiny_qwen_dir
