@@ -13,10 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from zhtune.io import atomic_write_text
-
-
 from zhtune.errors import UserError
+from zhtune.io import atomic_write_text
 
 
 class ConfigError(UserError, ValueError):
@@ -130,6 +128,15 @@ class AnalysisConfig(_Section):
 
 class OutputConfig(_Section):
     dir: str = "runs/experiment"
+    # Baselines are cached here and shared between runs with the same model and eval settings.
+    baseline_cache: str | None = None  # None: ZHTUNE_HOME/baselines
+
+
+class SweepConfig(_Section):
+    # Dotted key -> values; the sweep runs the Cartesian product, e.g. {"lora.rank": [4, 8]}.
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    workers: int = Field(1, gt=0)  # runs at a time (processes)
+    devices: list[str] | None = None  # one worker per device, e.g. ["cuda:0", "cuda:1"]
 
 
 class ExperimentConfig(_Section):
@@ -141,6 +148,7 @@ class ExperimentConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
 
 
 def _parse_value(text: str) -> Any:

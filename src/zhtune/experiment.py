@@ -1,0 +1,156 @@
+"""`zhtune run`: the whole experiment in one output folder, one stage after another.
+
+baseline eval -> prepare -> train -> eval of the adapter -> compare -> report
+
+Each stage has a fingerprint of everything it depends on (settings, inputs, zhtune version). A stage
+whose folder holds a finished marker with the same fingerprint is skipped; a stage whose settings
+changed is redone from scratch; an interrupted stage is started again (training resumes from its
+last checkpoint). The baseline evaluation depends only on the model and the evaluation settings, so
+it is cached under ZHTUNE_HOME/baselines and shared by every run and sweep that uses them.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from zhtune import __version__
+from zhtune.config import ExperimentConfig, config_to_dict, fingerprint, save_resolved
+from zhtune.io import atomic_write_json, default_data_dir, read_json, zhtune_home
+
+log = logging.getLogger(__name__)
+
+STAGES = ("baseline", "prepare", "train", "evaluate", "compare", "report")
+_STARTED = "stage-started.json"
+_FINISHED = "stage-finished.json"
+
+
+@dataclass
+class ExperimentResult:
+    out_dir: Path
+    baseline_dir: Path
+    train_dir: Path
+    eval_dir: Path
+    compare_dir: Path
+    report_dir: Path
+    ran: list[str] = field(default_factory=list)  # stages computed in this call
+    skipped: list[str] = field(default_factory=list)  # stages whose outputs were up to date
+
+
+def run_stage(name: str, stage_dir: Path, fp: str, work: Callable[[Path], None],
+              result: ExperimentResult, force: bool = False) -> None:
+    """Run ``work(stage_dir)`` unless a finished marker with fingerprint ``fp`` is there.
+
+    A folder started with other settings is wiped first; one started with the same settings is
+    handed to ``work`` as it is, so that resumable work (training checkpoints) continues.
+    """
+    finished, started = stage_dir / _FINISHED, stage_dir / _STARTED
+    if not force and finished.exists() and read_json(finished).get("fingerprint") == fp:
+        log.info("stage %-8s up to date (%s)", name, stage_dir)
+        result.skipped.append(name)
+        return
+    if stage_dir.exists() and (force or not started.exists()
+                               or read_json(started).get("fingerprint") != fp):
+        shutil.rmtree(stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    finished.unlink(missing_ok=True)
+    atomic_write_json(started, {"stage": name, "fingerprint": fp})
+    log.info("stage %-8s running -> %s", name, stage_dir)
+    t0 = time.time()
+    work(stage_dir)
+    atomic_write_json(finished, {"stage": name, "fingerprint": fp, "seconds": time.time() - t0,
+                                 "zhtune_version": __version__})
+    result.ran.append(name)
+
+
+def baseline_fingerprint(cfg: ExperimentConfig, data_dir: Path | None) -> str:
+    model = cfg.model.model_dump(exclude={"device"})
+    ev = cfg.eval.model_dump(exclude={"adapter_scales", "batch_size"})
+    return fingerprint("baseline", model, ev, str(data_dir), __version__)
+
+
+def baseline_dir(cfg: ExperimentConfig, data_dir: Path | None) -> Path:
+    root = Path(cfg.output.baseline_cache) if cfg.output.baseline_cache else zhtune_home() / "baselines"
+    return root / baseline_fingerprint(cfg, data_dir)
+
+
+def run_experiment(cfg: ExperimentConfig, *, data_dir: str | Path | None = None,
+                   force: tuple[str, ...] = ()) -> ExperimentResult:
+    from zhtune.analysis.forgetting import compare_runs
+    from zhtune.analysis.report import build_report
+    from zhtune.data.sft import prepare_dataset
+    from zhtune.eval.suite import run_eval
+    from zhtune.train.lora import train_lora
+
+    data_dir = default_data_dir(data_dir or cfg.data.data_dir)
+    if data_dir is not None:
+        data_dir = data_dir.resolve()
+    out = Path(cfg.output.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_resolved(cfg, out)
+    unknown = set(force) - set(STAGES) - {"all"}
+    if unknown:
+        from zhtune.errors import UserError
+
+        raise UserError(f"--force: unknown stage(s) {', '.join(sorted(unknown))}; "
+                        f"stages are {', '.join(STAGES)} or all")
+    forced = set(STAGES) if "all" in force else set(force)
+    res = ExperimentResult(out_dir=out, baseline_dir=baseline_dir(cfg, data_dir),
+                           train_dir=out / "train", eval_dir=out / "eval",
+                           compare_dir=out / "compare", report_dir=out / "report")
+
+    # Fingerprints chain: a stage's fingerprint includes the fingerprints of its inputs.
+    fp_base = baseline_fingerprint(cfg, data_dir)
+    fp_prep = fingerprint("prepare", cfg.model.model_dump(exclude={"device", "dtype"}),
+                          config_to_dict(cfg.data), str(data_dir), __version__)
+    fp_train = fingerprint("train", fp_prep, config_to_dict(cfg.lora),
+                           cfg.train.model_dump(exclude={"report_to"}),
+                           cfg.model.model_dump(exclude={"device"}))
+    fp_eval = fingerprint("evaluate", fp_train, fp_base, config_to_dict(cfg.eval))
+    fp_cmp = fingerprint("compare", fp_eval, config_to_dict(cfg.analysis))
+    fp_report = fingerprint("report", fp_cmp)
+    prepared = out / "data"
+
+    run_stage("baseline", res.baseline_dir, fp_base,
+              lambda d: run_eval(cfg.model, cfg.eval, d, data_dir=data_dir, include_base=True),
+              res, "baseline" in forced)
+    run_stage("prepare", prepared, fp_prep,
+              lambda d: prepare_dataset(cfg, d, data_dir=data_dir), res, "prepare" in forced)
+    run_stage("train", res.train_dir, fp_train,
+              lambda d: train_lora(cfg, d, dataset_dir=prepared, data_dir=data_dir, resume=True),
+              res, "train" in forced)
+    run_stage("evaluate", res.eval_dir, fp_eval,
+              lambda d: run_eval(cfg.model, cfg.eval, d, data_dir=data_dir, include_base=False,
+                                 adapters=[str(res.train_dir / "adapter")],
+                                 scales=cfg.eval.adapter_scales),
+              res, "evaluate" in forced)
+    tuned = tuned_eval_dir(res.eval_dir)
+    run_stage("compare", res.compare_dir, fp_cmp,
+              lambda d: compare_runs(res.baseline_dir / "base", tuned, output_dir=d,
+                                     bootstrap_samples=cfg.analysis.bootstrap_samples,
+                                     seed=cfg.analysis.seed),
+              res, "compare" in forced)
+    run_stage("report", res.report_dir, fp_report,
+              lambda d: build_report(base=res.baseline_dir / "base", tuned=[tuned],
+                                     train_dir=res.train_dir,
+                                     scale_dir=res.eval_dir if len(cfg.eval.adapter_scales) > 1 else None,
+                                     output_dir=d, title=cfg.name),
+              res, "report" in forced)
+    atomic_write_json(out / "experiment.json", {
+        "name": cfg.name, "stages": {s: d for s, d in zip(
+            STAGES, map(str, (res.baseline_dir, prepared, res.train_dir, res.eval_dir,
+                              res.compare_dir, res.report_dir)))},
+        "ran": res.ran, "skipped": res.skipped, "zhtune_version": __version__})
+    return res
+
+
+def tuned_eval_dir(eval_dir: Path) -> Path:
+    """The adapter's evaluation at scale 1.0 (or the only one) inside a multi-run eval folder."""
+    index = read_json(eval_dir / "index.json")
+    labels = [r["label"] if isinstance(r, dict) else r for r in index.get("runs", index.get("labels", []))]
+    full = [lab for lab in labels if "@scale-" not in lab] or [
+        lab for lab in labels if lab.endswith("@scale-1") or lab.endswith("@scale-1.0")] or labels
+    return eval_dir / full[0]
