@@ -1,12 +1,59 @@
-"""Benchmark questions from the official release layout or the hub, as one record type."""
+"""Benchmark questions from the official release layout or the hub, as one record type.
+
+Local layout (``<data_dir>/<benchmark>/``), exactly as the official releases ship it:
+
+- C-Eval  ``{dev,val,test}/<subject>_<split>.csv``, header ``id,question,A,B,C,D,answer[,explanation]``
+  (test has no ``answer`` column: its labels are not public).
+- CMMLU   ``{dev,test}/<subject>.csv``, header ``,Question,A,B,C,D,Answer`` (first column: row index).
+- MMLU    ``{dev,val,test}/<subject>_<split>.csv``, no header, columns ``question,A,B,C,D,answer``.
+- GSM8K   ``{train,test,test_socratic}.jsonl``, one ``{"question", "answer"}`` object per line.
+
+Without a local folder the same questions come from the hub (``ceval/ceval-exam``, ``haonan-li/cmmlu``,
+``cais/mmlu``, ``openai/gsm8k``) through ``datasets.load_dataset``. Either way the result is a list of
+``Question`` records in a fixed order (subject name, then file order), so keys pair across runs.
+
+Row numbers in error messages are 1-based and count a CSV header as row 1, as a spreadsheet shows the
+file; MMLU files have no header, so their first question is row 1. JSONL errors give the line number.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import csv
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from zhtune.errors import UserError
+from zhtune.io import default_data_dir
+
+log = logging.getLogger(__name__)
 
 BENCHMARKS = ("ceval", "cmmlu", "mmlu", "gsm8k")
 CHINESE_BENCHMARKS = ("ceval", "cmmlu")
 ENGLISH_BENCHMARKS = ("mmlu", "gsm8k")
 LETTERS = ("A", "B", "C", "D")
+CATEGORIES = ("STEM", "Humanities", "Social Sciences", "Other")  # GSM8K's one subject: "Math"
+
+SPLITS = {
+    "ceval": ("dev", "val", "test"),
+    "cmmlu": ("dev", "test"),
+    "mmlu": ("dev", "val", "test"),
+    "gsm8k": ("train", "test", "test_socratic"),
+}
+DEFAULT_SPLITS = {"ceval": "val", "cmmlu": "test", "mmlu": "test", "gsm8k": "test"}
+FEW_SHOT_SPLITS = {"ceval": "dev", "cmmlu": "dev", "mmlu": "dev", "gsm8k": "train"}
+HUB_DATASETS = {"ceval": "ceval/ceval-exam", "cmmlu": "haonan-li/cmmlu", "mmlu": "cais/mmlu",
+                "gsm8k": "openai/gsm8k"}
+# Splits that are unlabeled by design (not an error when checking a data folder).
+UNLABELED_SPLITS = {("ceval", "test")}
+
+CEVAL_TEST_MESSAGE = (
+    "C-Eval test labels are not public (the authors withhold them; test scores come only from "
+    "submitting predictions to cevalbenchmark.com). Use split 'val' for local scoring.")
 
 
 @dataclass(frozen=True)
@@ -24,3 +71,501 @@ class Question:
     def key(self) -> str:
         """Identifies the question across runs (used to pair base and tuned predictions)."""
         return f"{self.benchmark}/{self.subject}/{self.split}/{self.id}"
+
+
+# ----------------------------------------------------------------------------- subjects
+
+
+@dataclass(frozen=True)
+class SubjectInfo:
+    name_en: str
+    name_zh: str
+    category: str  # one of CATEGORIES; GSM8K: "Math"
+    subcategory: str | None = None  # CMMLU / MMLU fine-grained group ("math", "law", ...)
+    china_specific: bool = False  # CMMLU's "China specific" group
+
+
+@lru_cache(maxsize=None)
+def _subject_table() -> dict[str, dict[str, dict]]:
+    text = resources.files("zhtune.resources").joinpath("subjects.json").read_text(encoding="utf-8")
+    return {b: v for b, v in json.loads(text).items() if not b.startswith("_")}
+
+
+def _check_benchmark(benchmark: str) -> None:
+    if benchmark not in BENCHMARKS:
+        raise UserError(f"unknown benchmark {benchmark!r}; known: {', '.join(BENCHMARKS)}")
+
+
+def known_subjects(benchmark: str) -> list[str]:
+    """Every subject zhtune knows for a benchmark (the hub's configs), sorted."""
+    _check_benchmark(benchmark)
+    return sorted(_subject_table()[benchmark])
+
+
+def subject_info(benchmark: str, subject: str) -> SubjectInfo:
+    """English and Chinese names and the category of a subject (from ``resources/subjects.json``)."""
+    _check_benchmark(benchmark)
+    row = _subject_table()[benchmark].get(subject)
+    if row is None:
+        raise UserError(f"{benchmark} has no subject {subject!r} in zhtune's subject list; "
+                        f"known: {', '.join(known_subjects(benchmark))}")
+    return SubjectInfo(**row)
+
+
+def default_split(benchmark: str) -> str:
+    """The split scored by default: C-Eval val (test labels are private), else test."""
+    _check_benchmark(benchmark)
+    return DEFAULT_SPLITS[benchmark]
+
+
+def _check_split(benchmark: str, split: str) -> None:
+    if split not in SPLITS[benchmark]:
+        raise UserError(f"{benchmark} has no split {split!r}; splits: {', '.join(SPLITS[benchmark])}")
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+@dataclass(frozen=True)
+class ParsedFile:
+    """One subject file (or hub config split): its questions, where each came from, its problems."""
+    source: str
+    questions: tuple[Question, ...]
+    rows: tuple[str, ...]  # parallel to questions: "row 7 (line 9)" / "line 3" / "record 4"
+    problems: tuple[str, ...]
+
+    def unlabeled(self) -> list[str]:
+        return [f"{self.source}: {where}: no answer" for q, where in zip(self.questions, self.rows)
+                if q.answer is None]
+
+
+class _RowProblem(ValueError):
+    pass
+
+
+def _make_question(benchmark: str, subject: str, category: str, split: str, qid: str, question: Any,
+                   choices: Sequence[Any], answer: Any) -> Question:
+    """One validated record; raises _RowProblem saying what is wrong with the row."""
+    if not isinstance(question, str) or not question.strip():
+        raise _RowProblem("empty question")
+    answer = "" if answer is None else str(answer).strip()
+    if benchmark == "gsm8k":
+        if answer and "####" not in answer:
+            raise _RowProblem("answer does not end with '#### <number>'")
+    else:
+        if len(choices) != 4:
+            raise _RowProblem(f"{len(choices)} choices, expected 4 (A-D)")
+        if answer and answer not in LETTERS:
+            raise _RowProblem(f"answer {answer!r} is not one of A, B, C, D")
+    return Question(benchmark, subject, category, split, qid, question,
+                    tuple("" if c is None else str(c) for c in choices), answer or None)
+
+
+# Column names per benchmark: (question, id, answer). MMLU files have no header.
+_CSV_COLUMNS = {"ceval": ("question", "id", "answer"), "cmmlu": ("Question", "", "Answer"),
+                "mmlu": ("question", None, "answer")}
+_MMLU_HEADER = ["question", "A", "B", "C", "D", "answer"]
+
+
+def _parse_csv(benchmark: str, subject: str, split: str, path: Path) -> ParsedFile:
+    questions, rows, problems = [], [], []
+    has_header = benchmark != "mmlu"
+    try:
+        category = subject_info(benchmark, subject).category
+    except UserError as err:
+        return ParsedFile(str(path), (), (), (f"{path}: {err}",))
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f)
+            header = None if has_header else _MMLU_HEADER
+            last_line = 0
+            for index, record in enumerate(reader):
+                first_line, last_line = last_line + 1, reader.line_num
+                row_no = index + 1
+                where = f"row {row_no} (line {first_line})"
+                if header is None:
+                    header = record
+                    q_col, _, _ = _CSV_COLUMNS[benchmark]
+                    missing = [c for c in (q_col, *LETTERS) if c not in header]
+                    if missing:
+                        problems.append(f"{path}: row 1 (header): missing column(s) {', '.join(missing)}"
+                                        f" (header is {','.join(header)})")
+                        break
+                    continue
+                if not record:  # a blank line carries no question
+                    continue
+                if len(record) != len(header):
+                    problems.append(f"{path}: {where}: {len(record)} fields, expected {len(header)} "
+                                    f"({','.join(header)}): missing or extra column")
+                    continue
+                cells = dict(zip(header, record))
+                q_col, id_col, a_col = _CSV_COLUMNS[benchmark]
+                # MMLU has no id column: the 0-based position of the question in the file is its id.
+                qid = cells.get(id_col, "").strip() if id_col is not None else ""
+                qid = qid or str(index - 1 if has_header else index)
+                try:
+                    q = _make_question(benchmark, subject, category, split, qid, cells[q_col],
+                                       [cells[c] for c in LETTERS], cells.get(a_col))
+                except _RowProblem as err:
+                    problems.append(f"{path}: {where}: {err}")
+                    continue
+                questions.append(q)
+                rows.append(where)
+    except UnicodeDecodeError as err:
+        problems.append(f"{path}: not UTF-8 text ({err})")
+    except csv.Error as err:
+        problems.append(f"{path}: line {reader.line_num}: unreadable CSV ({err})")
+    if not questions and not problems:
+        problems.append(f"{path}: no questions in the file")
+    return ParsedFile(str(path), tuple(questions), tuple(rows), tuple(problems))
+
+
+def _parse_jsonl(split: str, path: Path) -> ParsedFile:
+    questions, rows, problems = [], [], []
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"line {line_no}"
+                try:
+                    obj = json.loads(line)
+                    if not isinstance(obj, dict) or "question" not in obj:
+                        raise _RowProblem("not an object with 'question' and 'answer'")
+                    q = _make_question("gsm8k", "main", "Math", split, str(line_no - 1),
+                                       obj["question"], (), obj.get("answer"))
+                except (json.JSONDecodeError, _RowProblem) as err:
+                    problems.append(f"{path}: {where}: {err}")
+                    continue
+                questions.append(q)
+                rows.append(where)
+    except UnicodeDecodeError as err:
+        problems.append(f"{path}: not UTF-8 text ({err})")
+    if not questions and not problems:
+        problems.append(f"{path}: no questions in the file")
+    return ParsedFile(str(path), tuple(questions), tuple(rows), tuple(problems))
+
+
+@lru_cache(maxsize=None)
+def _parse_local_cached(benchmark: str, subject: str, split: str, path: str,
+                        mtime_ns: int, size: int) -> ParsedFile:
+    # mtime and size are part of the key so that an edited file is read again.
+    if benchmark == "gsm8k":
+        return _parse_jsonl(split, Path(path))
+    return _parse_csv(benchmark, subject, split, Path(path))
+
+
+def local_file(data_dir: str | Path, benchmark: str, subject: str, split: str) -> Path:
+    """Where the official layout keeps one subject's split."""
+    root = Path(data_dir) / benchmark
+    if benchmark == "gsm8k":
+        return root / f"{split}.jsonl"
+    if benchmark == "cmmlu":
+        return root / split / f"{subject}.csv"
+    return root / split / f"{subject}_{split}.csv"
+
+
+def _read_local(data_dir: Path, benchmark: str, subject: str, split: str) -> ParsedFile:
+    path = local_file(data_dir, benchmark, subject, split)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise UserError(f"{benchmark} {split} file for subject {subject!r} not found: {path}") from None
+    return _parse_local_cached(benchmark, subject, split, str(path.resolve()), st.st_mtime_ns, st.st_size)
+
+
+def _local_subjects(data_dir: Path, benchmark: str, split: str) -> list[str]:
+    root = Path(data_dir) / benchmark
+    if benchmark == "gsm8k":
+        return ["main"] if (root / f"{split}.jsonl").is_file() else []
+    suffix = ".csv" if benchmark == "cmmlu" else f"_{split}.csv"
+    folder = root / split
+    if not folder.is_dir():
+        return []
+    return sorted(p.name[: -len(suffix)] for p in folder.iterdir()
+                  if p.is_file() and p.name.endswith(suffix))
+
+
+# ----------------------------------------------------------------------------- hub
+
+
+def _hub_location(benchmark: str, subject: str, split: str) -> tuple[str, str, str]:
+    """(dataset id, config, split) on the hub for one of our (benchmark, subject, split)."""
+    repo = HUB_DATASETS[benchmark]
+    if benchmark == "gsm8k":
+        return (repo, "socratic", "test") if split == "test_socratic" else (repo, "main", split)
+    if benchmark == "mmlu" and split == "val":
+        return repo, subject, "validation"
+    return repo, subject, split
+
+
+PARQUET_EXPORT = "refs/convert/parquet"
+
+
+def hub_load(repo: str, config: str | None, split: str, revision: str | None = None):
+    """``datasets.load_dataset`` with a clear error (see ``hub_load_revision``)."""
+    return hub_load_revision(repo, config, split, revision)[0]
+
+
+def hub_load_revision(repo: str, config: str | None, split: str, revision: str | None = None):
+    """(dataset, revision read). Falls back to the parquet export for script datasets.
+
+    Datasets that still ship a loading script cannot be read by ``datasets`` >= 4; the hub keeps an
+    automatic parquet conversion of them under ``refs/convert/parquet``, which is read instead.
+    """
+    import datasets  # looked up at call time, so tests can replace datasets.load_dataset
+
+    try:
+        return datasets.load_dataset(repo, config, split=split, revision=revision), revision
+    except RuntimeError as err:
+        if "scripts are no longer supported" not in str(err) or revision == PARQUET_EXPORT:
+            raise UserError(f"could not load {repo} ({config}, {split}) from the hub: {err}") from err
+        log.info("%s ships a loading script; reading its parquet export instead", repo)
+        return hub_load_revision(repo, config, split, PARQUET_EXPORT)
+    except UserError:
+        raise
+    except Exception as err:  # network, missing dataset or config, auth: all the user's to fix
+        raise UserError(
+            f"could not load {repo} ({config}, {split}) from the hub: {type(err).__name__}: {err}. "
+            f"Pass --data-dir (or set ZHTUNE_DATA_DIR) to a local copy; `zhtune data download` "
+            f"makes one.") from err
+
+
+def hub_record_fields(benchmark: str, row: dict, index: int) -> tuple[str, Any, list, Any]:
+    """(id, question, choices, answer) of one hub row, in the local files' terms."""
+    if benchmark == "ceval":
+        return str(row["id"]), row["question"], [row[c] for c in LETTERS], row.get("answer")
+    if benchmark == "cmmlu":
+        return str(index), row["Question"], [row[c] for c in LETTERS], row.get("Answer")
+    if benchmark == "mmlu":
+        answer = row.get("answer")
+        if isinstance(answer, int) and not isinstance(answer, bool):  # cais/mmlu: 0-3
+            answer = LETTERS[answer] if 0 <= answer < 4 else str(answer)
+        return str(index), row["question"], list(row["choices"]), answer
+    return str(index), row["question"], [], row.get("answer")
+
+
+@lru_cache(maxsize=None)
+def _read_hub(benchmark: str, subject: str, split: str) -> ParsedFile:
+    repo, config, hub_split = _hub_location(benchmark, subject, split)
+    source = f"hub {repo} (config {config}, split {hub_split})"
+    category = subject_info(benchmark, subject).category
+    questions, rows, problems = [], [], []
+    for index, row in enumerate(hub_load(repo, config, hub_split)):
+        where = f"record {index + 1}"
+        try:
+            qid, text, choices, answer = hub_record_fields(benchmark, row, index)
+            q = _make_question(benchmark, subject, category, split, qid, text, choices, answer)
+        except (KeyError, _RowProblem) as err:
+            problems.append(f"{source}: {where}: {err}")
+            continue
+        questions.append(q)
+        rows.append(where)
+    return ParsedFile(source, tuple(questions), tuple(rows), tuple(problems))
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def _read(root: Path | None, benchmark: str, subject: str, split: str) -> ParsedFile:
+    return _read_hub(benchmark, subject, split) if root is None else _read_local(root, benchmark, subject, split)
+
+
+def _benchmark_root(data_dir: str | Path | None, benchmark: str) -> Path | None:
+    root = default_data_dir(data_dir)
+    if root is not None and not (root / benchmark).is_dir():
+        raise UserError(f"no {benchmark}/ folder in the data folder {root}; run `zhtune data download "
+                        f"--output-dir {root}` or unset ZHTUNE_DATA_DIR to read the hub")
+    return root
+
+
+def list_subjects(benchmark: str, data_dir: str | Path | None = None) -> list[str]:
+    """Subjects present locally (any split), or every hub subject when reading the hub; sorted."""
+    _check_benchmark(benchmark)
+    root = _benchmark_root(data_dir, benchmark)
+    if root is None:
+        return known_subjects(benchmark)
+    return sorted({s for split in SPLITS[benchmark] for s in _local_subjects(root, benchmark, split)})
+
+
+def _choose(benchmark: str, available: list[str], subjects: Iterable[str] | None, where: str) -> list[str]:
+    if subjects is None:
+        return available
+    wanted = list(dict.fromkeys(subjects))
+    unknown = [s for s in wanted if s not in available]
+    if unknown:
+        raise UserError(f"unknown {benchmark} subject(s) {', '.join(map(repr, unknown))} in {where}; "
+                        f"valid: {', '.join(available)}")
+    return sorted(wanted)
+
+
+def _raise_problems(parsed: ParsedFile, require_answers: bool) -> None:
+    problems = list(parsed.problems) + (parsed.unlabeled() if require_answers else [])
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s) in this file)" if len(problems) > 1 else ""
+        raise UserError(problems[0] + more)
+
+
+def load_benchmark(benchmark: str, split: str | None = None, data_dir: str | Path | None = None,
+                   subjects: Iterable[str] | None = None, require_answers: bool = True) -> list[Question]:
+    """All questions of a benchmark split, ordered by subject name, then file order.
+
+    ``data_dir``: local folder in the official layout, else ``ZHTUNE_DATA_DIR``, else the hub.
+    ``require_answers``: every question must have a gold answer (scoring); C-Eval test never has one.
+    Parsed files are cached in-process, so repeated calls are cheap.
+    """
+    _check_benchmark(benchmark)
+    split = split or default_split(benchmark)
+    _check_split(benchmark, split)
+    if (benchmark, split) in UNLABELED_SPLITS and require_answers:
+        raise UserError(CEVAL_TEST_MESSAGE)
+    root = _benchmark_root(data_dir, benchmark)
+    if root is None:
+        available, where = known_subjects(benchmark), f"hub {HUB_DATASETS[benchmark]}"
+    else:
+        available, where = _local_subjects(root, benchmark, split), str(root / benchmark)
+        if not available:
+            raise UserError(f"no {benchmark} {split} files in {root / benchmark}")
+    out: list[Question] = []
+    for subject in _choose(benchmark, available, subjects, where):
+        parsed = _read(root, benchmark, subject, split)
+        _raise_problems(parsed, require_answers)
+        out.extend(parsed.questions)
+    return out
+
+
+def few_shot_examples(benchmark: str, subject: str, n: int,
+                      data_dir: str | Path | None = None) -> list[Question]:
+    """The first ``n`` solved examples of a subject's dev split (GSM8K: of train), as the harnesses do."""
+    _check_benchmark(benchmark)
+    if n < 0:
+        raise UserError(f"number of few-shot examples must be >= 0, got {n}")
+    if n == 0:
+        return []
+    subject_info(benchmark, subject)  # an unknown subject is named as such, not as a missing file
+    root = _benchmark_root(data_dir, benchmark)
+    parsed = _read(root, benchmark, subject, FEW_SHOT_SPLITS[benchmark])
+    _raise_problems(parsed, require_answers=True)
+    if len(parsed.questions) < n:
+        raise UserError(f"{parsed.source} has {len(parsed.questions)} examples; {n} shots requested")
+    return list(parsed.questions[:n])
+
+
+def clear_cache() -> None:
+    """Forget parsed files (tests that rewrite a file in place within the same second)."""
+    _parse_local_cached.cache_clear()
+    _read_hub.cache_clear()
+
+
+# ----------------------------------------------------------------------------- checking a folder
+
+
+@dataclass
+class SplitCount:
+    benchmark: str
+    split: str
+    subjects: int
+    rows: int  # questions that parsed
+    labeled: int  # of which with a gold answer
+
+
+@dataclass
+class DataReport:
+    data_dir: str
+    counts: list[SplitCount] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    checksums_verified: int = 0  # files whose sha256 matched SHA256SUMS / MANIFEST.json
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def count(self, benchmark: str, split: str) -> SplitCount | None:
+        return next((c for c in self.counts if (c.benchmark, c.split) == (benchmark, split)), None)
+
+    def to_dict(self) -> dict:
+        return {"data_dir": self.data_dir, "ok": self.ok, "counts": [asdict(c) for c in self.counts],
+                "errors": self.errors, "warnings": self.warnings,
+                "checksums_verified": self.checksums_verified}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_checksums(root: Path, report: DataReport) -> None:
+    """Verify ``SHA256SUMS`` (sha256sum format) and ``MANIFEST.json`` (zhtune data download) if present."""
+    expected: dict[str, tuple[str, str]] = {}
+    sums = root / "SHA256SUMS"
+    if sums.is_file():
+        for line in sums.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                digest, _, name = line.partition("  ")
+                expected[name.strip().lstrip("*")] = (digest.strip(), sums.name)
+    manifest = root / "MANIFEST.json"
+    if manifest.is_file():
+        try:
+            files = json.loads(manifest.read_text(encoding="utf-8")).get("files", {})
+            for name, meta in files.items():
+                expected[name] = (meta["sha256"], manifest.name)
+        except (json.JSONDecodeError, AttributeError, KeyError, TypeError) as err:
+            report.errors.append(f"{manifest}: unreadable manifest ({err})")
+    for name, (digest, listed_in) in sorted(expected.items()):
+        path = root / name
+        if not path.is_file():
+            report.errors.append(f"{path}: listed in {listed_in} but missing")
+        elif _sha256(path) != digest:
+            report.errors.append(f"{path}: sha256 differs from {listed_in}")
+        else:
+            report.checksums_verified += 1
+
+
+def check_data_dir(data_dir: str | Path) -> DataReport:
+    """Read every benchmark file in a data folder and collect all problems instead of stopping.
+
+    Errors: unreadable rows (missing column, empty question, answer outside A-D), unlabeled rows in a
+    labeled split, subjects zhtune has no category for, checksum mismatches. Warnings: a missing
+    benchmark or split folder, a subject without dev examples (no few-shot prompt possible).
+    """
+    root = Path(data_dir).expanduser()
+    report = DataReport(str(root))
+    if not root.is_dir():
+        report.errors.append(f"{root}: not a folder")
+        return report
+    for benchmark in BENCHMARKS:
+        if not (root / benchmark).is_dir():
+            report.warnings.append(f"{root / benchmark}: missing (no {benchmark} evaluation from this folder)")
+            continue
+        known = set(_subject_table()[benchmark])
+        shot_split = FEW_SHOT_SPLITS[benchmark]
+        few_shot = set(_local_subjects(root, benchmark, shot_split))
+        warned: set[str] = set()
+        for split in SPLITS[benchmark]:
+            subjects = _local_subjects(root, benchmark, split)
+            if not subjects:
+                report.warnings.append(f"{root / benchmark}: no {split} files")
+                continue
+            rows = labeled = 0
+            for subject in subjects:
+                if subject not in known:
+                    report.errors.append(f"{local_file(root, benchmark, subject, split)}: subject "
+                                         f"{subject!r} has no category in zhtune's subject list")
+                    continue
+                if subject not in few_shot and subject not in warned:
+                    warned.add(subject)
+                    report.warnings.append(f"{benchmark}/{subject}: no {shot_split} file, so only "
+                                           f"0-shot prompts")
+                parsed = _read_local(root, benchmark, subject, split)
+                report.errors.extend(parsed.problems)
+                if (benchmark, split) not in UNLABELED_SPLITS:
+                    report.errors.extend(parsed.unlabeled())
+                rows += len(parsed.questions)
+                labeled += sum(q.answer is not None for q in parsed.questions)
+            report.counts.append(SplitCount(benchmark, split, len(subjects), rows, labeled))
+    _check_checksums(root, report)
+    return report

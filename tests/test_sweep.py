@@ -1,0 +1,64 @@
+"""`zhtune sweep`: grid expansion, one shared baseline, results table, Pareto plot, resume."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from zhtune.config import config_from_dict
+from zhtune.errors import UserError
+from zhtune.sweep import expand_grid, pareto_front, point_name, run_sweep, split_grid_overrides
+from experiment_helpers import tiny_config
+
+
+def test_grid_overrides_and_expansion():
+    grid, plain = split_grid_overrides(["lora.rank=4,8", "lora.dropout=0.05,0.1",
+                                        "train.max_steps=5", "eval.benchmarks=[ceval,mmlu]"])
+    assert grid == {"lora.rank": [4, 8], "lora.dropout": [0.05, 0.1]}
+    assert plain == ["train.max_steps=5", "eval.benchmarks=[ceval,mmlu]"]
+    points = expand_grid(grid)
+    assert len(points) == 4 and {"lora.rank": 8, "lora.dropout": 0.1} in points
+    assert point_name(points[0]) == "rank4-dropout0.05"
+    with pytest.raises(UserError):
+        split_grid_overrides(["lora.rank"])
+
+
+def test_pareto_front():
+    rows = [{"run": "a", "status": "done", "chinese_gain": 3.0, "english_forgetting": 2.0},
+            {"run": "b", "status": "done", "chinese_gain": 1.0, "english_forgetting": 0.0},
+            {"run": "c", "status": "done", "chinese_gain": 0.5, "english_forgetting": 1.0},  # dominated by b
+            {"run": "d", "status": "unfinished"}]
+    assert pareto_front(rows) == ["a", "b"]
+
+
+def test_small_sweep_completes_and_resumes(tiny_llama_dir, shared_data, tmp_path):
+    raw = tiny_config(tiny_llama_dir, tmp_path / "sweep", tmp_path / "baselines")
+    raw["eval"]["benchmarks"] = ["ceval", "mmlu"]
+    raw["train"]["max_steps"] = 3
+    raw["sweep"] = {"grid": {"lora.rank": [4, 8], "lora.dropout": [0.05, 0.1]}}
+    summary = run_sweep(config_from_dict(raw), data_dir=shared_data)
+    assert summary["failed"] == [] and len(summary["runs"]) == 4
+    assert all(r["status"] == "done" for r in summary["runs"])
+    with open(tmp_path / "sweep" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["run"] for r in rows} == {"rank4-dropout0.05", "rank4-dropout0.1",
+                                        "rank8-dropout0.05", "rank8-dropout0.1"}
+    for col in ("chinese_gain", "english_forgetting", "train_seconds", "trainable_params"):
+        assert all(r[col] != "" for r in rows), col
+    assert int(rows[0]["trainable_params"]) < int(next(r for r in rows if r["run"].startswith("rank8"))["trainable_params"])
+    assert (tmp_path / "sweep" / "pareto.png").stat().st_size > 1000
+    assert "Best settings" in (tmp_path / "sweep" / "results.md").read_text()
+    assert summary["best"] in summary["pareto"]
+
+    # Interrupted sweep: one run's outputs lost -> only that run is redone.
+    import shutil
+
+    shutil.rmtree(tmp_path / "sweep" / "runs" / "rank8-dropout0.1" / "compare")
+    shutil.rmtree(tmp_path / "sweep" / "runs" / "rank8-dropout0.1" / "report")
+    run_sweep(config_from_dict(raw), data_dir=shared_data)
+    for name in ("rank4-dropout0.05", "rank4-dropout0.1", "rank8-dropout0.05"):
+        exp = json.loads((tmp_path / "sweep" / "runs" / name / "experiment.json").read_text())
+        assert exp["ran"] == [], name
+    exp = json.loads((tmp_path / "sweep" / "runs" / "rank8-dropout0.1" / "experiment.json").read_text())
+    assert exp["ran"] == ["compare", "report"]
