@@ -1,0 +1,215 @@
+"""`zhtune compare`, `zhtune report` and `zhtune tradeoff`: the forgetting analysis on evaluation folders."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+_BOOT_HELP = "Bootstrap replicates for the 95% intervals."
+_SEED_HELP = "Seed of the bootstrap's random generator (same seed, same intervals)."
+
+
+def _write_settings(out: Path, command: str, **settings) -> None:
+    """The command's resolved settings next to its outputs."""
+    from zhtune import __version__
+    from zhtune.io import atomic_write_json
+
+    atomic_write_json(out / f"{command}.resolved.json",
+                      {"command": command, **{k: (str(v) if isinstance(v, Path) else v) for k, v in settings.items()},
+                       "zhtune_version": __version__})
+
+
+def _ci(f: dict) -> str:
+    from zhtune.analysis.forgetting import num, signed
+
+    return f"{signed(f['change_points'])} [{num(f['ci_low'])}, {num(f['ci_high'])}]"
+
+
+def _p(p: float) -> str:
+    from zhtune.analysis.forgetting import format_p
+
+    return format_p(p).replace("= ", "")
+
+
+def print_comparison(cmp: dict) -> None:
+    from zhtune.analysis.plots import benchmark_name
+    from zhtune.analysis.report import pct
+
+    table = Table(title=f"{cmp['tuned']['label']} vs {cmp['base']['label']}  (change in points, 95% CI)")
+    for col in ("Benchmark", "n", "Base %", "Tuned %", "Change [95% CI]", "p", "Flag"):
+        table.add_column(col, justify="left" if col in ("Benchmark", "Flag") else "right")
+    for bench, g in cmp["benchmarks"].items():
+        flag = ("[red]significant forgetting[/]" if g["significant_forgetting"]
+                else "[green]significant gain[/]" if g["significant_gain"] else "")
+        table.add_row(benchmark_name(bench), f"{g['n']:,}", pct(g["base_accuracy"]), pct(g["tuned_accuracy"]),
+                      _ci(g), _p(g["p_value"]), flag)
+    for key, name in (("chinese_gain", "Chinese gain"), ("english_forgetting", "English forgetting")):
+        f = cmp.get(key)
+        if f:
+            table.add_row(f"[bold]{name}[/]", f"{f['n']:,}", pct(f["base_accuracy"]), pct(f["tuned_accuracy"]),
+                          _ci(f), _p(f["p_value"]), "significant" if f["significant"] else "")
+    console.print(table)
+    for note in cmp.get("notes", []):
+        err_console.print(f"[yellow]note:[/] {note}")
+
+
+def print_combined(comparisons: list[dict]) -> None:
+    table = Table(title="All runs (points, 95% CI; forgetting = base − tuned)")
+    for col in ("Run", "Chinese gain", "p", "English forgetting", "p", "Significant forgetting in"):
+        table.add_column(col, justify="left" if col.startswith(("Run", "Sig")) else "right")
+    for cmp in comparisons:
+        zh, en = cmp.get("chinese_gain"), cmp.get("english_forgetting")
+        table.add_row(cmp["tuned"]["label"], _ci(zh) if zh else "–", _p(zh["p_value"]) if zh else "–",
+                      _ci(en) if en else "–", _p(en["p_value"]) if en else "–",
+                      ", ".join(cmp["significant_forgetting"]))
+    console.print(table)
+
+
+def _load_comparisons(paths: list[Path]) -> list[dict]:
+    """comparison.json files, or `zhtune compare` output folders holding them."""
+    from zhtune.errors import UserError
+    from zhtune.io import read_json
+
+    out = []
+    for p in paths:
+        files = ([p] if p.is_file() else [p / "comparison.json"] if (p / "comparison.json").is_file()
+                 else sorted(p.glob("*/comparison.json")))
+        if not files:
+            raise UserError(f"{p}: no comparison.json (run zhtune compare first)")
+        out += [read_json(f) for f in files]
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("compare")
+    def compare_cmd(
+        dirs: List[Path] = typer.Argument(..., help="BASE_DIR TUNED_DIR [MORE ...]: evaluation folders "
+                                          "(single-run, multi-run with index.json, or MULTI/<label>)."),
+        output_dir: Path = typer.Option(Path("comparison"), "--output-dir", "--output_dir",
+                                        help="Where comparison.json goes (one subfolder per run when several)."),
+        bootstrap_samples: int = typer.Option(2000, "--bootstrap-samples", "--bootstrap_samples", min=1,
+                                              help=_BOOT_HELP),
+        seed: int = typer.Option(0, "--seed", help=_SEED_HELP),
+    ):
+        """Paired comparison of a base evaluation with one or more tuned ones: per benchmark, category and
+        subject, the change with a bootstrap 95% interval and McNemar's exact p; Chinese gain and English
+        forgetting. Refuses runs whose settings or questions differ."""
+        from zhtune.analysis.forgetting import compare_many, safe_name, write_comparison
+        from zhtune.errors import UserError
+        from zhtune.io import atomic_write_json
+
+        if len(dirs) < 2:
+            raise UserError("compare needs BASE_DIR and at least one TUNED_DIR")
+        with console.status("comparing evaluations"):
+            comparisons = compare_many(dirs[0], dirs[1:], bootstrap_samples=bootstrap_samples, seed=seed)
+        dicts = [c.to_dict() for c in comparisons]
+        if len(comparisons) == 1:
+            written = [write_comparison(comparisons[0], output_dir / "comparison.json")]
+        else:
+            written = [write_comparison(c, output_dir / safe_name(c.label) / "comparison.json") for c in comparisons]
+            atomic_write_json(output_dir / "comparisons.json", [
+                {"label": d["tuned"]["label"], "dir": d["tuned"]["dir"], "comparison": str(p.relative_to(output_dir)),
+                 "chinese_gain": d["chinese_gain"], "english_forgetting": d["english_forgetting"],
+                 "significant_forgetting": d["significant_forgetting"]} for d, p in zip(dicts, written, strict=True)])
+        _write_settings(output_dir, "compare", base=dirs[0], tuned=[str(d) for d in dirs[1:]],
+                        bootstrap_samples=bootstrap_samples, seed=seed)
+        for d in dicts:
+            print_comparison(d)
+        if len(dicts) > 1:
+            print_combined(dicts)
+        for p in written:
+            console.print(f"[bold green]wrote[/] {p}")
+
+    @app.command("report")
+    def report_cmd(
+        base: Optional[Path] = typer.Option(None, "--base", help="Base model's evaluation folder."),
+        tuned: Optional[List[Path]] = typer.Option(None, "--tuned", help="Tuned evaluation folder (repeatable)."),
+        comparison: Optional[List[Path]] = typer.Option(
+            None, "--comparison", help="Instead of --base/--tuned: comparison.json files or zhtune compare folders."),
+        train_dir: Optional[Path] = typer.Option(None, "--train-dir", "--train_dir",
+                                                 help="Training output folder: adds loss and probe curves."),
+        scale_dir: Optional[Path] = typer.Option(None, "--scale-dir", "--scale_dir",
+                                                 help="Multi-run evaluation of one adapter at several scales: "
+                                                      "adds the scale trade-off."),
+        tolerance: float = typer.Option(1.0, "--tolerance", min=0.0,
+                                        help="Accepted English forgetting (points) for the scale recommendation."),
+        output_dir: Path = typer.Option(Path("report"), "--output-dir", "--output_dir",
+                                        help="Where report.html, report.md, report.json and the charts go."),
+        title: str = typer.Option("zhtune report", "--title", help="Report title."),
+        screenshot: Optional[Path] = typer.Option(None, "--screenshot",
+                                                  help="Also open report.html in headless Chromium, check every "
+                                                       "image loads and save a PNG screenshot here."),
+        bootstrap_samples: int = typer.Option(2000, "--bootstrap-samples", "--bootstrap_samples", min=1,
+                                              help=_BOOT_HELP),
+        seed: int = typer.Option(0, "--seed", help=_SEED_HELP),
+    ):
+        """One self-contained report.html (plus report.md and report.json): three sentences with the answer,
+        tables, charts, settings and how the statistics were computed."""
+        from zhtune.analysis.report import build_report, check_in_browser
+        from zhtune.errors import UserError
+
+        comparisons = _load_comparisons(comparison) if comparison else None
+        if comparisons is None and (base is None or not tuned):
+            raise UserError("report: give --base and --tuned evaluation folders, or --comparison files")
+        with console.status("building report") as status:
+            paths = build_report(base=base, tuned=tuned or [], comparisons=comparisons, output_dir=output_dir,
+                                 train_dir=train_dir, scale_dir=scale_dir, tolerance=tolerance, title=title,
+                                 bootstrap_samples=bootstrap_samples, seed=seed,
+                                 progress=lambda msg: status.update(f"building report: {msg}"))
+        _write_settings(output_dir, "report", base=base, tuned=[str(t) for t in tuned or []],
+                        comparison=[str(c) for c in comparison or []], train_dir=train_dir, scale_dir=scale_dir,
+                        tolerance=tolerance, title=title, bootstrap_samples=bootstrap_samples, seed=seed)
+        from zhtune.io import read_json
+
+        for sentence in read_json(paths["json"])["headline"]:
+            console.print(f"  {sentence}")
+        if screenshot is not None:
+            with console.status("checking the report in headless Chromium"):
+                check = check_in_browser(paths["html"], screenshot)
+            if check.broken:
+                raise UserError(f"{paths['html']}: {check.broken} of {check.images} images did not load")
+            console.print(f"browser check: {check.images} images, none broken; screenshot {check.screenshot}")
+        console.print(f"[bold green]report:[/] {paths['html']}")
+
+    @app.command("tradeoff")
+    def tradeoff_cmd(
+        scale_dir: Path = typer.Argument(..., help="Multi-run evaluation folder: the base and one adapter at "
+                                                   "several scales (labels like adapter@scale-0.25)."),
+        tolerance: float = typer.Option(1.0, "--tolerance", min=0.0,
+                                        help="Accepted English forgetting in points (base − tuned accuracy)."),
+        base: Optional[Path] = typer.Option(None, "--base", help="Base evaluation folder, when the scale folder "
+                                                                 "has no base run."),
+        adapter: Optional[str] = typer.Option(None, "--adapter", help="Which adapter, when the folder holds several."),
+        output_dir: Path = typer.Option(Path("tradeoff"), "--output-dir", "--output_dir",
+                                        help="Where tradeoff.json and the chart go."),
+        bootstrap_samples: int = typer.Option(2000, "--bootstrap-samples", "--bootstrap_samples", min=1,
+                                              help=_BOOT_HELP),
+        seed: int = typer.Option(0, "--seed", help=_SEED_HELP),
+    ):
+        """Chinese gain and English forgetting at every adapter scale, and the scale that gains the most
+        Chinese while keeping English forgetting within --tolerance points."""
+        from zhtune.analysis.scale import analyze_tradeoff, write_tradeoff
+
+        with console.status("comparing every scale with the base"):
+            result = analyze_tradeoff(scale_dir, tolerance=tolerance, base_dir=base, adapter=adapter,
+                                      bootstrap_samples=bootstrap_samples, seed=seed)
+            paths = write_tradeoff(result, output_dir)
+        _write_settings(output_dir, "tradeoff", scale_dir=scale_dir, tolerance=tolerance, base=base,
+                        adapter=adapter, bootstrap_samples=bootstrap_samples, seed=seed)
+        table = Table(title=f"Adapter scale trade-off (tolerance {tolerance:g} points)")
+        for col in ("Scale", "Chinese gain [95% CI]", "p", "English forgetting [95% CI]", "p", "Within"):
+            table.add_column(col, justify="right")
+        for p in result.points:
+            mark = "→ " if result.recommended is p else ""
+            table.add_row(f"{mark}{p.scale:g}", _ci(p.gain), _p(p.gain["p_value"]), _ci(p.forgetting),
+                          _p(p.forgetting["p_value"]), "yes" if p.forgetting["change_points"] <= tolerance else "no")
+        console.print(table)
+        for line in result.reasoning:
+            console.print(f"  {line}")
+        console.print(f"[bold green]wrote[/] {paths['json']}  {paths['png']}")
