@@ -64,7 +64,9 @@ def main():
     try:
         app()
     except UserError as err:
-        console.print(f"[bold red]error:[/] {err}")
+        from rich.markup import escape  # messages hold [brackets]: extras, lists, regexes
+
+        console.print(f"[bold red]error:[/] {escape(str(err))}")
         sys.exit(2)
 
 
