@@ -137,7 +137,10 @@ def run_experiment(cfg: ExperimentConfig, *, data_dir: str | Path | None = None,
               lambda d: build_report(base=res.baseline_dir / "base", tuned=[tuned],
                                      train_dir=res.train_dir,
                                      scale_dir=res.eval_dir if len(cfg.eval.adapter_scales) > 1 else None,
-                                     output_dir=d, title=cfg.name),
+                                     output_dir=d, title=cfg.name,
+                                     tolerance=cfg.analysis.english_tolerance,
+                                     bootstrap_samples=cfg.analysis.bootstrap_samples,
+                                     seed=cfg.analysis.seed),
               res, "report" in forced)
     atomic_write_json(out / "experiment.json", {
         "name": cfg.name, "stages": {s: d for s, d in zip(

@@ -156,10 +156,15 @@ def collect_results(points: list[dict], configs: list[ExperimentConfig]) -> list
 
 def headline_numbers(cmp: dict) -> dict:
     """Chinese gain and English forgetting (points, with 95% intervals) from a comparison.json."""
-    zh, en = cmp["chinese_gain"], cmp["english_forgetting"]
-    return {"chinese_gain": zh["change_points"], "chinese_gain_ci": [zh["ci_low"], zh["ci_high"]],
-            "english_forgetting": en["change_points"],
-            "english_forgetting_ci": [en["ci_low"], en["ci_high"]]}
+    out: dict[str, Any] = {}
+    for name in ("chinese_gain", "english_forgetting"):
+        fig = cmp.get(name)
+        if fig is None:  # the sweep evaluated no benchmark of that language
+            raise UserError(f"sweep: the comparison has no {name.replace('_', ' ')}; evaluate at "
+                            "least one Chinese (ceval, cmmlu) and one English (mmlu, gsm8k) benchmark")
+        out[name] = fig["change_points"]
+        out[f"{name}_ci"] = [fig["ci_low"], fig["ci_high"]]
+    return out
 
 
 def pareto_front(rows: list[dict]) -> list[str]:
