@@ -96,6 +96,7 @@ class TrainConfig(_Section):
     logging_steps: int = Field(5, gt=0)
     save_steps: int = Field(50, gt=0)
     save_total_limit: int = Field(2, gt=0)
+    eval_steps: int | None = Field(None, gt=0)  # validation loss every N steps (None: save_steps)
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
     deepspeed: str | None = None  # path to a DeepSpeed JSON config
     seed: int = 42
