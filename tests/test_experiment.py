@@ -103,3 +103,17 @@ def test_killed_run_resumes_to_the_same_result(tiny_llama_dir, shared_data, tmp_
     preds = (run_dir / "eval" / label / "predictions.jsonl").read_text().splitlines()
     ref_preds = (reference.eval_dir / label / "predictions.jsonl").read_text().splitlines()
     assert [json.loads(p)["pred"] for p in preds] == [json.loads(p)["pred"] for p in ref_preds]
+
+
+def test_max_per_benchmark_spreads_over_subjects(shared_data):
+    from zhtune.config import EvalConfig
+    from zhtune.eval.suite import load_questions
+
+    qs = load_questions(EvalConfig(benchmarks=["ceval", "mmlu", "gsm8k"], max_per_benchmark=60),
+                        shared_data)
+    assert [len(qs[b]) for b in ("ceval", "mmlu", "gsm8k")] == [60, 60, 60]
+    # 52 C-Eval subjects: every subject once, then the first 8 subjects a second time
+    assert len({q.subject for q in qs["ceval"]}) == 52
+    assert len({q.category for q in qs["mmlu"]}) == 4
+    again = load_questions(EvalConfig(benchmarks=["ceval"], max_per_benchmark=60), shared_data)
+    assert [q.key for q in again["ceval"]] == [q.key for q in qs["ceval"]]

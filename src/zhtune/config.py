@@ -112,6 +112,9 @@ class EvalConfig(_Section):
     gsm8k_shots: int = Field(5, ge=0)
     gsm8k_cot: bool = False  # the 8-shot chain-of-thought exemplars instead of train[:n]
     limit: int | None = Field(None, gt=0)  # per subject (GSM8K: in all), deterministic
+    # At most N questions per benchmark, taken round-robin over subjects (every category stays
+    # represented); for quick runs such as the CPU demo. None: no cap.
+    max_per_benchmark: int | None = Field(None, gt=0)
     batch_size: int = Field(8, gt=0)
     chat: bool = False  # wrap prompts in the model's chat template
     max_new_tokens: int = Field(256, gt=0)

@@ -1,0 +1,180 @@
+"""`zhtune eval`: C-Eval / CMMLU / MMLU / GSM8K and perplexity probes for a model and its adapters."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from zhtune.errors import UserError
+
+console = Console()
+
+# Folders that make up a data folder; --ceval_path / --mmlu_path replace one of them.
+DATA_FOLDERS = ("ceval", "cmmlu", "mmlu", "gsm8k", "belle", "alpaca")
+
+
+def _split_list(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    return items or None
+
+
+def _scales(text: str | None) -> list[float] | None:
+    items = _split_list(text)
+    if items is None:
+        return None
+    try:
+        return [float(t) for t in items]
+    except ValueError:
+        raise UserError(f"--adapter-scale: {text!r} is not a comma-separated list of numbers") from None
+
+
+def _benchmark_folder(name: str, path: str) -> Path:
+    """``--ceval_path``: the benchmark's own folder (dev/ val/ ...) or the data folder holding it."""
+    p = Path(path).expanduser().resolve()
+    if (p / name).is_dir():
+        return p / name
+    if any((p / split).is_dir() for split in ("dev", "val", "test")):
+        return p
+    raise UserError(f"--{name}_path {path}: neither a {name} folder (dev/ val/ test/) nor a data "
+                    f"folder with {name}/ in it")
+
+
+def compose_data_dir(data_dir: str | None, overrides: dict[str, str | None], out_dir: Path) -> str | None:
+    """The data folder to use: ``data_dir`` itself, or, when single benchmarks come from elsewhere,
+    ``OUT/data-links/`` with one link per benchmark (kept, so the resolved config stays valid)."""
+    overrides = {k: v for k, v in overrides.items() if v}
+    if not overrides:
+        return data_dir
+    from zhtune.io import default_data_dir
+
+    base = default_data_dir(data_dir)
+    links = out_dir / "data-links"
+    links.mkdir(parents=True, exist_ok=True)
+    for name in DATA_FOLDERS:
+        target = _benchmark_folder(name, overrides[name]) if name in overrides else (
+            base / name if base is not None and (base / name).is_dir() else None)
+        link = links / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        if target is not None:
+            link.symlink_to(target.resolve(), target_is_directory=True)
+    return str(links)
+
+
+def _resolve_configs(config: str | None, flags: dict, eval_flags: dict, data_dir: str | None):
+    """The model and eval sections: the config file's (or the defaults), then the flags."""
+    from zhtune.config import config_from_dict, config_to_dict, load_config
+
+    cfg = load_config(config)
+    raw = config_to_dict(cfg)
+    raw["model"].update({k: v for k, v in flags.items() if v is not None})
+    raw["eval"].update({k: v for k, v in eval_flags.items() if v is not None})
+    source = f"{config or '<defaults>'} with command-line flags"
+    cfg = config_from_dict(raw, source)
+    return cfg.model, cfg.eval, data_dir or cfg.data.data_dir
+
+
+def print_results(out: Path, index: dict) -> None:
+    from zhtune.io import read_json
+
+    table = Table(title=f"zhtune eval -> {out}")
+    for col in ("run", "benchmark", "accuracy", "± stderr", "n"):
+        table.add_column(col, justify="left" if col in ("run", "benchmark") else "right")
+    for run in index["runs"]:
+        summary = read_json(out / run["dir"] / "summary.json")
+        for b, entry in summary["benchmarks"].items():
+            extra = f" (strict {entry['accuracy_strict'] * 100:.1f})" if b == "gsm8k" else ""
+            table.add_row(run["label"], b, f"{entry['accuracy'] * 100:.1f}%{extra}",
+                          f"{entry['stderr'] * 100:.1f}", str(entry["n"]))
+        for lang, p in (summary.get("perplexity") or {}).items():
+            if isinstance(p, dict):
+                table.add_row(run["label"], f"bits/char {lang}", f"{p['bits_per_char']:.3f}", "",
+                              str(p["chars"]))
+        tp = summary["throughput"]
+        if tp.get("questions_per_second"):
+            table.add_row(run["label"], "throughput", f"{tp['questions_per_second']:.1f} q/s", "",
+                          str(tp["questions"]))
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("eval")
+    def eval_cmd(
+        model: Optional[str] = typer.Option(
+            None, "--model", "--model_path", "--base_model_path",
+            help="Model: local folder, hub id, modelscope:ORG/NAME, .gguf file or builtin:NAME "
+                 "(default: the config's model.name_or_path)."),
+        adapter: Optional[List[str]] = typer.Option(
+            None, "--adapter", "--lora_model_path",
+            help="LoRA adapter folder (training output OUT or OUT/adapter). Repeatable: all are "
+                 "loaded onto one base."),
+        adapter_scale: Optional[str] = typer.Option(
+            None, "--adapter-scale", "--adapter_scale",
+            help="LoRA scales to evaluate each adapter at, comma-separated, e.g. 0,0.5,1 (default 1)."),
+        no_base: bool = typer.Option(False, "--no-base",
+            help="With --adapter: skip evaluating the base model."),
+        benchmarks: Optional[str] = typer.Option(
+            None, "--benchmarks", help="Comma-separated: ceval,cmmlu,mmlu,gsm8k (default: all four)."),
+        subjects: Optional[str] = typer.Option(
+            None, "--subjects", help="Comma-separated subject names (any benchmark's); default all."),
+        limit: Optional[int] = typer.Option(
+            None, "--limit", min=1, help="First N questions per subject (GSM8K: first N overall)."),
+        shots: Optional[int] = typer.Option(None, "--shots", min=0,
+            help="Few-shot examples for C-Eval/CMMLU/MMLU (default 5)."),
+        gsm8k_shots: Optional[int] = typer.Option(None, "--gsm8k-shots", "--gsm8k_shots", min=0,
+            help="Few-shot examples for GSM8K (default 5)."),
+        gsm8k_cot: Optional[bool] = typer.Option(None, "--gsm8k-cot/--no-gsm8k-cot",
+            help="GSM8K with the 8 chain-of-thought exemplars."),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", "--batch_size", min=1,
+            help="Questions per forward pass (default 8)."),
+        dtype: Optional[str] = typer.Option(None, "--dtype",
+            help="auto, float32, bfloat16 or float16 (auto: bf16 on GPUs, fp32 on CPU)."),
+        device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1, mps."),
+        chat: Optional[bool] = typer.Option(None, "--chat/--no-chat",
+            help="Wrap prompts in the model's chat template."),
+        max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", "--max_new_tokens", min=1,
+            help="GSM8K generation length (default 256)."),
+        no_perplexity: bool = typer.Option(False, "--no-perplexity",
+            help="Skip the zh/en bits-per-character probes."),
+        data_dir: Optional[str] = typer.Option(None, "--data-dir", "--data_dir",
+            help="Local data folder (official layout); default ZHTUNE_DATA_DIR, else the hub."),
+        ceval_path: Optional[str] = typer.Option(None, "--ceval_path", "--ceval-path",
+            help="C-Eval folder (dev/ val/ test/) or a data folder holding ceval/."),
+        mmlu_path: Optional[str] = typer.Option(None, "--mmlu_path", "--mmlu-path",
+            help="MMLU folder (dev/ val/ test/) or a data folder holding mmlu/."),
+        output_dir: str = typer.Option("runs/eval", "--output-dir", "--output_dir", "--results_dir",
+            help="Where results go: OUT/<label>/summary.json, predictions.jsonl; OUT/index.json."),
+        config: Optional[str] = typer.Option(None, "--config",
+            help="Experiment YAML: its model and eval sections are used; flags override them."),
+        trust_remote_code: Optional[bool] = typer.Option(None, "--trust-remote-code", "--trust_remote_code",
+            help="Allow model code from the hub (off by default)."),
+        quiet_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
+    ):
+        """Evaluate a model (and LoRA adapters at several scales) on Chinese and English benchmarks."""
+        from zhtune.eval.suite import run_eval
+        from zhtune.io import default_data_dir
+
+        out = Path(output_dir)
+        model_flags = {"name_or_path": model, "dtype": dtype, "device": device,
+                       "trust_remote_code": trust_remote_code}
+        eval_flags = {"benchmarks": _split_list(benchmarks), "subjects": _split_list(subjects),
+                      "limit": limit, "shots": shots, "gsm8k_shots": gsm8k_shots, "gsm8k_cot": gsm8k_cot,
+                      "batch_size": batch_size, "chat": chat, "max_new_tokens": max_new_tokens,
+                      "perplexity": False if no_perplexity else None,
+                      "adapter_scales": _scales(adapter_scale)}
+        paths = {"ceval": ceval_path, "mmlu": mmlu_path}
+        if any(paths.values()) and not config and not benchmarks and default_data_dir(data_dir) is None:
+            # The original script's usage: only the benchmarks given by path, nothing else to read.
+            eval_flags["benchmarks"] = [b for b, p in paths.items() if p]
+            eval_flags["perplexity"] = False
+        model_cfg, eval_cfg, data = _resolve_configs(config, model_flags, eval_flags, data_dir)
+        data = compose_data_dir(data, paths, out)
+        index = run_eval(model_cfg, eval_cfg, out, data_dir=data, adapters=list(adapter or []),
+                         scales=eval_cfg.adapter_scales, include_base=not (no_base and adapter),
+                         progress=not quiet_progress)
+        print_results(out, index)

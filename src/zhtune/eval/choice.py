@@ -1,0 +1,324 @@
+"""Multiple-choice scoring: the option letter with the highest next-token logit after the answer cue.
+
+One forward pass per question. The few-shot prefix of a subject is run once and its KV cache is
+shared by every question of that subject; only the question suffixes go through the model again
+(right-padded, positions continued after the prefix). Only the last real position's hidden state
+goes through the LM head, so full-vocabulary logits are never materialised for every position.
+
+The letter is scored as the token it is in the few-shot answers: C-Eval/CMMLU write ``答案：A`` (no
+space), MMLU ``Answer: A`` (a space). With SentencePiece (Llama) that is ``A`` vs ``▁A``, with
+byte-level BPE (Qwen) ``A`` vs ``ĠA`` -- taking the wrong one silently gives near-random scores.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from zhtune.data.benchmarks import LETTERS, Question
+from zhtune.errors import UserError
+
+log = logging.getLogger(__name__)
+
+CHOICE_BENCHMARKS = ("ceval", "cmmlu", "mmlu")
+
+
+@dataclass
+class ChoicePrediction:
+    question: Question
+    pred: str
+    probs: dict[str, float]  # softmax over the 4 letter logits
+    used_cache: bool = True  # False: scored with the full prompt (tokenisation boundary fallback)
+
+    @property
+    def correct(self) -> bool:
+        return self.pred == self.question.answer
+
+
+# ----------------------------------------------------------------------------- tokens
+
+def _encode(tokenizer, text: str) -> list[int]:
+    """Token ids of a whole prompt: the tokenizer's BOS is added unless the text already has it
+    (chat templates often write it themselves)."""
+    bos = getattr(tokenizer, "bos_token", None)
+    add_special = not (bos and text.startswith(bos))
+    return tokenizer(text, add_special_tokens=add_special)["input_ids"]
+
+
+def letter_token_ids(tokenizer, benchmark: str) -> dict[str, int]:
+    """The token id of each option letter as it follows the answer cue in the few-shot answers.
+
+    Tokenises ``cue + continuation`` (``答案：A``, ``Answer: A``) and takes the one token the
+    letter adds; an error if the letter merges with the cue or needs more than one token."""
+    from zhtune.data.prompts import answer_continuation, answer_prefix
+
+    if benchmark not in CHOICE_BENCHMARKS:
+        raise ValueError(f"{benchmark!r} is not a multiple-choice benchmark")
+    cue = answer_prefix(benchmark)
+    base = tokenizer(cue, add_special_tokens=False)["input_ids"]
+    ids: dict[str, int] = {}
+    for letter in LETTERS:
+        continuation = answer_continuation(benchmark, letter)
+        full = tokenizer(cue + continuation, add_special_tokens=False)["input_ids"]
+        if len(full) != len(base) + 1 or full[: len(base)] != base:
+            pieces = tokenizer.convert_ids_to_tokens(full)
+            raise UserError(
+                f"{benchmark}: the tokenizer does not add {continuation!r} after {cue!r} as one "
+                f"token (got {pieces}); next-token letter scoring cannot be used with it")
+        ids[letter] = full[-1]
+    if len(set(ids.values())) != len(LETTERS):
+        raise UserError(f"{benchmark}: option letters share a token id: {ids}")
+    return ids
+
+
+# ----------------------------------------------------------------------------- model parts
+
+def _decoder_parts(model) -> tuple[Any, Any]:
+    """The decoder body (embeddings + layers + final norm) and the LM head, also through PEFT."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    body = getattr(base, base.base_model_prefix, None)
+    head = base.get_output_embeddings()
+    if body is None or head is None:
+        raise ValueError(f"{type(base).__name__} is not a causal LM with a decoder body and an LM head")
+    return body, head
+
+
+def _cache_kwarg(body) -> str:
+    # transformers 5.2x renamed past_key_values -> cache; accept both.
+    params = inspect.signature(body.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _run_body(body, input_ids, attention_mask, position_ids=None, cache=None, keep_cache=False):
+    name = _cache_kwarg(body)
+    kwargs = {name: cache} if cache is not None else {}
+    out = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+               use_cache=keep_cache, **kwargs)
+    return out.last_hidden_state, (getattr(out, name) if keep_cache else None)
+
+
+def _letter_probs(head, hidden_last: torch.Tensor, letter_ids: list[int]) -> torch.Tensor:
+    """Softmax over the letter logits from the last positions' hidden states (B, H) -> (B, 4)."""
+    logits = head(hidden_last).float()  # (B, V): one row per question, not per position
+    return torch.softmax(logits[:, letter_ids], dim=-1)
+
+
+def _pad_right(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _expanded_cache(prefix_cache, batch: int, config):
+    """A fresh cache holding the prefix keys/values for ``batch`` sequences.
+
+    A new object per batch because a forward pass appends the suffix to the cache it is given."""
+    from transformers import DynamicCache
+
+    layers = [(layer.keys.expand(batch, -1, -1, -1), layer.values.expand(batch, -1, -1, -1))
+              for layer in prefix_cache.layers]
+    return DynamicCache(layers, config=config)
+
+
+# ----------------------------------------------------------------------------- scoring
+
+@dataclass
+class _Item:
+    index: int  # position in the caller's list
+    ids: list[int]  # full prompt tokens
+    suffix: list[int] | None = None  # tokens after the cached prefix; None: no cache for this one
+
+
+def _score_full(*, body, head, items: list[_Item], letter_ids, batch_size, pad_id, device, advance):
+    """Reference path: each full prompt in one forward pass, batches grouped by length."""
+    out: dict[int, torch.Tensor] = {}
+    items = sorted(items, key=lambda it: len(it.ids), reverse=True)
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        ids, mask = _pad_right([it.ids for it in chunk], pad_id, device)
+        hidden, _ = _run_body(body, ids, mask)
+        last = mask.sum(dim=1) - 1
+        probs = _letter_probs(head, hidden[torch.arange(len(chunk), device=device), last], letter_ids)
+        for it, p in zip(chunk, probs.cpu()):
+            out[it.index] = p
+        advance(len(chunk))
+    return out
+
+
+def _score_with_prefix(*, body, head, config, prefix_ids: list[int], items: list[_Item], letter_ids,
+                       batch_size, pad_id, device, advance):
+    """The prefix once (batch 1), then the suffixes against its cache, batches grouped by length."""
+    out: dict[int, torch.Tensor] = {}
+    if not items:
+        return out
+    p_ids = torch.tensor([prefix_ids], dtype=torch.long, device=device)
+    _, prefix_cache = _run_body(body, p_ids, torch.ones_like(p_ids), keep_cache=True)
+    n_prefix = len(prefix_ids)
+    items = sorted(items, key=lambda it: len(it.suffix), reverse=True)
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        ids, mask = _pad_right([it.suffix for it in chunk], pad_id, device)
+        full_mask = torch.cat([torch.ones((len(chunk), n_prefix), dtype=mask.dtype, device=device),
+                               mask], dim=1)
+        positions = torch.arange(n_prefix, n_prefix + ids.shape[1], device=device)
+        positions = positions.unsqueeze(0).expand(len(chunk), -1)
+        cache = _expanded_cache(prefix_cache, len(chunk), config)
+        hidden, _ = _run_body(body, ids, full_mask, positions, cache=cache, keep_cache=True)
+        del cache
+        last = mask.sum(dim=1) - 1
+        probs = _letter_probs(head, hidden[torch.arange(len(chunk), device=device), last], letter_ids)
+        for it, p in zip(chunk, probs.cpu()):
+            out[it.index] = p
+        advance(len(chunk))
+    return out
+
+
+# The few-shot prefix's last tokens may tokenise differently alone than followed by the question:
+# GPT-2-style byte-level BPE makes the prefix's closing "\n\n" one token at the end of a text but
+# "\n" + "\n" before a letter. Up to this many trailing prefix tokens are left out of the cache.
+BOUNDARY_SLACK = 8
+
+
+def _common_len(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def _shared_prefix(prefix_ids: list[int], items: list[_Item]) -> int:
+    """How many prefix tokens every cacheable question starts with; sets those questions' suffixes.
+
+    A question whose tokens leave the prefix more than ``BOUNDARY_SLACK`` tokens before its end
+    keeps ``suffix = None`` and is scored with its full prompt."""
+    lengths = {}
+    for it in items:
+        common = min(_common_len(prefix_ids, it.ids), len(it.ids) - 1)  # leave >= 1 suffix token
+        if common >= max(1, len(prefix_ids) - BOUNDARY_SLACK):
+            lengths[it.index] = common
+    n = min(lengths.values(), default=0)
+    for it in items:
+        if it.index in lengths:
+            it.suffix = it.ids[n:]
+    return n
+
+
+def _subject_prompts(tokenizer, family, benchmark, subject, questions, shots, data_dir, chat):
+    """(prefix text shared by the subject's questions, full prompt text per question).
+
+    The prefix is None when it cannot be located in the (chat-wrapped) prompts."""
+    from zhtune.data.benchmarks import few_shot_examples
+    from zhtune.data.prompts import choice_item, choice_prefix, wrap_chat
+
+    examples = few_shot_examples(benchmark, subject, shots, data_dir=data_dir) if shots else []
+    prefix = choice_prefix(benchmark, subject, examples)
+    texts = [prefix + choice_item(benchmark, q, with_answer=False) for q in questions]
+    if not chat:
+        return prefix, texts
+    texts = [wrap_chat(tokenizer, family, t) for t in texts]
+    # The chat template puts the few-shot prompt inside the user turn: the shared head of every
+    # prompt is everything up to the end of the few-shot prefix.
+    pos = texts[0].find(prefix) if prefix else -1
+    if pos < 0:
+        return None, texts
+    head = texts[0][: pos + len(prefix)]
+    return (head if all(t.startswith(head) for t in texts) else None), texts
+
+
+@contextmanager
+def _progress_bar(total: int, description: str, enabled: bool) -> Iterator:
+    if not enabled or total == 0:
+        yield lambda n: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def score_choice(model, tokenizer, questions: list[Question], *, shots: int = 5, data_dir=None,
+                 batch_size: int = 8, chat: bool = False, family=None, use_cache: bool = True,
+                 progress: bool = True) -> list[ChoicePrediction]:
+    """Predict the option letter of each question, in the order given.
+
+    ``use_cache=False`` scores every full prompt on its own (the reference the cached path must
+    reproduce). Questions whose prompt does not start with the subject's few-shot prefix tokens
+    (see ``BOUNDARY_SLACK``) are scored that way too; the count is logged and visible as
+    ``ChoicePrediction.used_cache``."""
+    if not questions:
+        return []
+    if chat and family is None:
+        from zhtune.models.families import detect_family
+
+        family = detect_family(model.config, tokenizer)
+    body, head = _decoder_parts(model)
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    max_positions = getattr(model.config, "max_position_embeddings", None)
+
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, q in enumerate(questions):
+        if q.benchmark not in CHOICE_BENCHMARKS:
+            raise ValueError(f"{q.key}: not a multiple-choice question")
+        groups.setdefault((q.benchmark, q.subject), []).append(i)
+    letters = {b: [letter_token_ids(tokenizer, b)[x] for x in LETTERS] for b in {b for b, _ in groups}}
+
+    run = dict(body=body, head=head, batch_size=batch_size, pad_id=pad_id, device=device)
+    probs: dict[int, torch.Tensor] = {}
+    fallback: dict[str, list[_Item]] = defaultdict(list)  # per benchmark: scored with full prompts
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), _progress_bar(len(questions), "multiple choice", progress) as advance:
+            for (benchmark, subject), indices in groups.items():
+                head_text, texts = _subject_prompts(tokenizer, family, benchmark, subject,
+                                                    [questions[i] for i in indices], shots, data_dir, chat)
+                items = [_Item(i, _encode(tokenizer, t)) for i, t in zip(indices, texts)]
+                longest = max(len(it.ids) for it in items)
+                if max_positions and longest > max_positions:
+                    log.warning("%s/%s: a prompt of %d tokens is longer than the model's %d "
+                                "positions; its scores are unreliable (use fewer shots)",
+                                benchmark, subject, longest, max_positions)
+                if use_cache and head_text is not None:
+                    prefix_ids = _encode(tokenizer, head_text)
+                    n = _shared_prefix(prefix_ids, items)
+                    cached = [it for it in items if it.suffix is not None]
+                    probs.update(_score_with_prefix(config=model.config, prefix_ids=prefix_ids[:n],
+                                                    items=cached, letter_ids=letters[benchmark],
+                                                    advance=advance, **run))
+                fallback[benchmark].extend(it for it in items if it.suffix is None)
+            for benchmark, rest in fallback.items():
+                probs.update(_score_full(items=rest, letter_ids=letters[benchmark], advance=advance, **run))
+    finally:
+        if was_training:
+            model.train()
+
+    uncached = {it.index for rest in fallback.values() for it in rest}
+    if use_cache and uncached:
+        log.warning("%d of %d question(s) did not tokenise as few-shot prefix + question; scored "
+                    "with the full prompt instead", len(uncached), len(questions))
+    results = []
+    for i, q in enumerate(questions):
+        p = probs[i].tolist()
+        best = max(range(len(LETTERS)), key=lambda k: p[k])  # ties: the earlier letter
+        results.append(ChoicePrediction(q, LETTERS[best], dict(zip(LETTERS, p)), i not in uncached))
+    return results

@@ -1,0 +1,185 @@
+"""Multiple-choice scoring: letter tokens, shared few-shot KV cache == full prompts, batching."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from zhtune.data.benchmarks import LETTERS, load_benchmark
+from zhtune.eval import choice
+from zhtune.eval.choice import letter_token_ids, score_choice
+from zhtune.models.families import detect_family
+from zhtune.models.loading import load_tokenizer
+
+SUBJECTS = {"ceval": ["computer_network", "high_school_physics"],
+            "mmlu": ["abstract_algebra", "astronomy"]}
+
+
+def load_sharp(path):
+    """The tiny model with larger random weights: its letter probabilities differ clearly between
+    questions (the default 0.02 init makes every prediction the same letter)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 1.0 / p.shape[1] ** 0.5)
+    return model.eval(), load_tokenizer(path)
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def tiny(request, tiny_llama_dir, tiny_qwen_dir):
+    path = tiny_llama_dir if request.param == "llama" else tiny_qwen_dir
+    model, tok = load_sharp(path)
+    return request.param, model, tok, detect_family(model.config, tok)
+
+
+def questions(data_dir, per_subject=3):
+    out = []
+    for b, subjects in SUBJECTS.items():
+        for s in subjects:
+            out += load_benchmark(b, data_dir=data_dir, subjects=[s])[:per_subject]
+    return out
+
+
+def test_letter_tokens_llama(tiny_llama_dir):
+    tok = load_tokenizer(tiny_llama_dir)
+
+    def tokens(b):
+        return tok.convert_ids_to_tokens(list(letter_token_ids(tok, b).values()))
+
+    assert tokens("ceval") == ["A", "B", "C", "D"]  # 答案：A -- no word-start marker
+    assert tokens("cmmlu") == ["A", "B", "C", "D"]
+    assert tokens("mmlu") == ["▁A", "▁B", "▁C", "▁D"]  # Answer: A -- SentencePiece space marker
+
+
+def test_letter_tokens_qwen(tiny_qwen_dir):
+    tok = load_tokenizer(tiny_qwen_dir)
+
+    def tokens(b):
+        return tok.convert_ids_to_tokens(list(letter_token_ids(tok, b).values()))
+
+    assert tokens("ceval") == ["A", "B", "C", "D"]
+    assert tokens("mmlu") == ["ĠA", "ĠB", "ĠC", "ĠD"]  # byte-level BPE space marker
+
+
+def test_letter_token_that_merges_is_an_error(tiny_qwen_dir, monkeypatch):
+    from zhtune.data import prompts
+    from zhtune.errors import UserError
+
+    tok = load_tokenizer(tiny_qwen_dir)
+    monkeypatch.setattr(prompts, "answer_continuation", lambda b, letter: f" {letter}{letter}xyz")
+    with pytest.raises(UserError, match="as one token"):
+        letter_token_ids(tok, "mmlu")
+
+
+@pytest.mark.parametrize("chat", [False, True])
+@pytest.mark.parametrize("shots", [0, 2])
+def test_cached_equals_uncached(tiny, shared_data, shots, chat):
+    _, model, tok, family = tiny
+    qs = questions(shared_data)
+    cached = score_choice(model, tok, qs, shots=shots, data_dir=shared_data, batch_size=3,
+                          chat=chat, family=family, progress=False)
+    full = score_choice(model, tok, qs, shots=shots, data_dir=shared_data, batch_size=3,
+                        chat=chat, family=family, use_cache=False, progress=False)
+    assert all(p.used_cache for p in cached), "prefix cache not used"
+    assert not any(p.used_cache for p in full)
+    assert [p.question for p in cached] == qs
+    assert [p.pred for p in cached] == [p.pred for p in full]
+    for a, b in zip(cached, full):
+        assert sum(a.probs.values()) == pytest.approx(1.0, abs=1e-5)
+        for x in LETTERS:
+            assert a.probs[x] == pytest.approx(b.probs[x], abs=1e-5)
+    assert len({p.pred for p in cached}) > 1, "sharpened model should not answer one letter only"
+
+
+def test_matches_plain_forward(tiny, shared_data):
+    """Reference: the whole prompt through model(...), the letter logits at the last position."""
+    from zhtune.data.benchmarks import few_shot_examples
+    from zhtune.data.prompts import choice_prompt
+
+    _, model, tok, _ = tiny
+    qs = questions(shared_data, per_subject=2)
+    preds = score_choice(model, tok, qs, shots=1, data_dir=shared_data, batch_size=4, progress=False)
+    for q, p in zip(qs, preds):
+        text = choice_prompt(q.benchmark, q.subject, few_shot_examples(q.benchmark, q.subject, 1, shared_data), q)
+        ids = torch.tensor([tok(text)["input_ids"]])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, -1]
+        letter_ids = letter_token_ids(tok, q.benchmark)
+        ref = torch.softmax(logits[[letter_ids[x] for x in LETTERS]], dim=-1)
+        assert p.pred == LETTERS[int(ref.argmax())]
+        assert [p.probs[x] for x in LETTERS] == pytest.approx(ref.tolist(), abs=1e-5)
+
+
+def test_batch_grouping_restores_order(tiny, shared_data):
+    _, model, tok, _ = tiny
+    qs = questions(shared_data, per_subject=5)
+    qs = qs[::-1]  # an order the length sort must undo
+    one = score_choice(model, tok, qs, shots=0, data_dir=shared_data, batch_size=1, progress=False)
+    many = score_choice(model, tok, qs, shots=0, data_dir=shared_data, batch_size=4, progress=False)
+    assert [p.question for p in many] == qs
+    for a, b in zip(one, many):
+        assert [a.probs[x] for x in LETTERS] == pytest.approx([b.probs[x] for x in LETTERS], abs=1e-5)
+
+
+def _patched_prompts(monkeypatch, change):
+    real = choice._subject_prompts
+
+    def patched(*args):
+        head, texts = real(*args)
+        return change(head, texts)
+
+    monkeypatch.setattr(choice, "_subject_prompts", patched)
+
+
+def _assert_same(cached, full):
+    for a, b in zip(cached, full):
+        assert a.pred == b.pred
+        assert a.probs == pytest.approx(b.probs, abs=1e-6)
+
+
+def test_tokenisation_boundary_shortens_the_prefix(tiny_llama_dir, shared_data, monkeypatch):
+    """A prefix whose last token merges with the question's first characters (here a trailing
+    space: "▁" alone, "▁Question" in context) is cached without its last token(s)."""
+    model, tok = load_sharp(tiny_llama_dir)
+    _patched_prompts(monkeypatch, lambda head, texts: (head + " ", [head + " " + t[len(head):] for t in texts]))
+    qs = questions(shared_data, per_subject=2)
+    head = choice._subject_prompts(tok, None, "mmlu", "astronomy", qs[-2:], 1, shared_data, False)[0]
+    items = [choice._Item(i, choice._encode(tok, t)) for i, t in enumerate(
+        choice._subject_prompts(tok, None, "mmlu", "astronomy", qs[-2:], 1, shared_data, False)[1])]
+    prefix_ids = choice._encode(tok, head)
+    assert items[0].ids[: len(prefix_ids)] != prefix_ids  # the boundary really differs
+    assert choice._shared_prefix(prefix_ids, items) == len(prefix_ids) - 1
+    cached = score_choice(model, tok, qs, shots=1, data_dir=shared_data, progress=False)
+    full = score_choice(model, tok, qs, shots=1, data_dir=shared_data, use_cache=False, progress=False)
+    assert all(p.used_cache for p in cached)
+    _assert_same(cached, full)
+
+
+def test_fallback_is_counted(tiny_llama_dir, shared_data, monkeypatch, caplog):
+    """Questions that do not start with the prefix tokens are scored with the full prompt."""
+    model, tok = load_sharp(tiny_llama_dir)
+    _patched_prompts(monkeypatch, lambda head, texts: ("完全不同的开头。" + head, texts))
+    qs = questions(shared_data, per_subject=2)
+    cached = score_choice(model, tok, qs, shots=1, data_dir=shared_data, progress=False)
+    full = score_choice(model, tok, qs, shots=1, data_dir=shared_data, use_cache=False, progress=False)
+    assert not any(p.used_cache for p in cached)
+    assert f"{len(qs)} of {len(qs)} question(s) did not tokenise" in caplog.text
+    _assert_same(cached, full)
+
+
+def test_model_mode_restored(tiny_qwen_dir, shared_data):
+    model, tok = load_sharp(tiny_qwen_dir)
+    model.train()
+    score_choice(model, tok, questions(shared_data, 1), shots=0, data_dir=shared_data, progress=False)
+    assert model.training
+
+
+def test_empty_and_not_multiple_choice(tiny_qwen_dir, shared_data):
+    model, tok = load_sharp(tiny_qwen_dir)
+    assert score_choice(model, tok, [], progress=False) == []
+    gsm = load_benchmark("gsm8k", data_dir=shared_data)[:1]
+    with pytest.raises(ValueError, match="not a multiple-choice"):
+        score_choice(model, tok, gsm, progress=False)
