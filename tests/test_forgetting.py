@@ -88,6 +88,21 @@ def test_subject_without_discordant_pairs_has_a_zero_width_interval(tmp_path):
     assert g["benchmarks"]["ceval"]["ci_high"] <= 100 * 30 / 50
 
 
+def test_one_question_per_subject_still_gives_a_real_interval(tmp_path):
+    """Quick runs take one question per subject; strata of one question would make every
+    replicate equal to the observed change (a zero-width interval that hides the noise)."""
+    cells = ([Cell("ceval", f"s{i}", "STEM", neither=1) for i in range(10)]
+             + [Cell("ceval", "lost", "STEM", b=1), Cell("ceval", "won", "STEM", c=1)]
+             + [Cell("mmlu", f"m{i}", "STEM", both=1) for i in range(10)]
+             + [Cell("mmlu", "lost", "STEM", b=1), Cell("mmlu", "lost2", "STEM", b=1)])
+    g = compare_runs(*pair(tmp_path, cells), bootstrap_samples=500).to_dict()
+    ceval = g["benchmarks"]["ceval"]
+    assert ceval["change_points"] == 0.0 and ceval["ci_low"] < 0.0 < ceval["ci_high"]
+    assert g["chinese_gain"]["ci_low"] < 0.0 < g["chinese_gain"]["ci_high"]
+    en = g["benchmarks"]["mmlu"]
+    assert en["ci_low"] < en["change_points"] < 0.0 and en["ci_high"] <= 0.0
+
+
 # ----------------------------------------------------------------------------------- flags
 def test_flags_significant_forgetting(tmp_path):
     cells = [Cell("mmlu", "marketing", "Other", both=80, b=40, c=5, neither=75),

@@ -8,11 +8,13 @@ Both runs answered the same questions, so every statistic here is paired by ques
   at 1/2 (``scipy.stats.binomtest``). Agreeing questions carry no information about the change.
 - **Paired bootstrap 95% interval** for the change in accuracy (percentile method). A replicate
   resamples questions with replacement, each keeping its (base, tuned) outcome pair. Aggregates
-  (a benchmark, a category, Chinese, English) use a *stratified* bootstrap: questions are resampled
-  within each (benchmark, subject), so every replicate keeps the real test's subject mix, and the
-  replicate's change is the pooled (question-weighted) change over those strata. For a single
-  subject this is the plain paired bootstrap. Replicates are drawn once per subject and summed into
-  every level, so all intervals come from one seeded ``numpy.random.Generator`` and are reproducible.
+  of several benchmarks (Chinese, English) use a *stratified* bootstrap: questions are resampled
+  within each benchmark, so every replicate keeps the real benchmarks' sizes, and the replicate's
+  change is the pooled (question-weighted) change. A subject, a category or one benchmark is
+  resampled as one set of questions (the plain paired bootstrap). Strata are not subjects: quick
+  runs take one question per subject, and resampling within one-question strata would give every
+  replicate the observed change, i.e. an interval of zero width. All draws come from one seeded
+  ``numpy.random.Generator`` in a fixed order, so intervals are reproducible.
 
 The **Chinese gain** is tuned - base over the C-Eval and CMMLU questions pooled; the **English
 forgetting** is base - tuned over MMLU and GSM8K pooled (positive = forgot). A benchmark is flagged
@@ -42,8 +44,9 @@ _REQUIRED = ("key", "benchmark", "subject", "correct")
 STATISTICS_METHOD = (
     "Paired by question key. p: McNemar's exact test (two-sided binomial test on the discordant "
     "questions, b = right before and wrong after, c = wrong before and right after). Intervals: "
-    "95% paired bootstrap percentile intervals for the change in accuracy; aggregates resample "
-    "questions within each benchmark/subject (stratified) so every replicate keeps the subject mix. "
+    "95% paired bootstrap percentile intervals for the change in accuracy; a subject, category or "
+    "benchmark is resampled as one set of questions, and the pooled Chinese and English figures "
+    "resample within each benchmark (stratified) so every replicate keeps the benchmark sizes. "
     "A change is called significant only when its interval excludes zero and McNemar's p < 0.05: with "
     "few questions the percentile bootstrap interval is too narrow, so both tests must agree. "
     "Significant forgetting: the whole interval of the change lies below zero (and p < 0.05)."
@@ -295,11 +298,19 @@ def _group_stats(strata: Sequence[Stratum], sums: Sequence[np.ndarray], base_cor
                       p_value=mcnemar_exact(b, c))
 
 
-def _aggregate(cells: dict[tuple[str, str], dict], members: Iterable[tuple[str, str]]) -> GroupStats:
+def _merged(cells: dict[tuple[str, str], dict], members: list[tuple[str, str]]) -> Stratum:
+    return Stratum(n=sum(cells[m]["n"] for m in members), b=sum(cells[m]["b"] for m in members),
+                   c=sum(cells[m]["c"] for m in members))
+
+
+def _aggregate(cells: dict[tuple[str, str], dict], members: Iterable[tuple[str, str]],
+               samples: int, rng: np.random.Generator) -> tuple[GroupStats, np.ndarray]:
+    """One set of questions (a subject, a category or a benchmark), resampled as a whole."""
     members = list(members)
-    return _group_stats([cells[m]["stratum"] for m in members], [cells[m]["sums"] for m in members],
-                        sum(cells[m]["base_correct"] for m in members),
-                        sum(cells[m]["tuned_correct"] for m in members))
+    stratum = _merged(cells, members)
+    sums = bootstrap_sums(stratum, samples, rng)
+    return _group_stats([stratum], [sums], sum(cells[m]["base_correct"] for m in members),
+                        sum(cells[m]["tuned_correct"] for m in members)), sums
 
 
 def _bench_order(name: str) -> tuple[int, str]:
@@ -416,25 +427,30 @@ def compare_loaded(base: EvalRun, tuned: EvalRun, *, bootstrap_samples: int = 20
         cell["b"] += bp["correct"] and not tp["correct"]
         cell["c"] += tp["correct"] and not bp["correct"]
         subject_categories[bp["benchmark"]][bp["subject"]] = bp.get("category") or "Other"
-    cells = {}
-    for ck in sorted(raw, key=lambda k: (_bench_order(k[0]), k[1])):
-        r = raw[ck]
-        stratum = Stratum(n=r["n"], b=r["b"], c=r["c"])
-        cells[ck] = {**r, "stratum": stratum, "sums": bootstrap_sums(stratum, bootstrap_samples, rng)}
+    cells = {ck: raw[ck] for ck in sorted(raw, key=lambda k: (_bench_order(k[0]), k[1]))}
 
-    benchmarks, categories, subjects = {}, {}, {}
+    def draw(members):
+        return _aggregate(cells, members, bootstrap_samples, rng)
+
+    benchmarks, categories, subjects, bench_sums = {}, {}, {}, {}
     for bench in sorted({b for b, _ in cells}, key=_bench_order):
         keys = [k for k in cells if k[0] == bench]
-        benchmarks[bench] = _aggregate(cells, keys)
-        subjects[bench] = {s: _aggregate(cells, [(bench, s)]) for _, s in keys}
+        benchmarks[bench], bench_sums[bench] = draw(keys)
+        subjects[bench] = {s: draw([(bench, s)])[0] for _, s in keys}
         cats = defaultdict(list)
         for k in keys:
             cats[subject_categories[bench][k[1]]].append(k)
-        categories[bench] = {cat: _aggregate(cells, members) for cat, members in sorted(cats.items())}
+        categories[bench] = {cat: draw(members)[0] for cat, members in sorted(cats.items())}
 
-    def pooled(names):
-        keys = [k for k in cells if k[0] in names]
-        return _aggregate(cells, keys) if keys else None
+    def pooled(names):  # stratified by benchmark: the replicates drawn for each benchmark, summed
+        names = [b for b in benchmarks if b in names]
+        if not names:
+            return None
+        members = [k for k in cells if k[0] in names]
+        return _group_stats([_merged(cells, [k for k in members if k[0] == b]) for b in names],
+                            [bench_sums[b] for b in names],
+                            sum(cells[m]["base_correct"] for m in members),
+                            sum(cells[m]["tuned_correct"] for m in members))
 
     notes = _consistency_notes(base, benchmarks, "base") + _consistency_notes(tuned, benchmarks, "tuned")
     if base.summary.get("model") != tuned.summary.get("model"):
