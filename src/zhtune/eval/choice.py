@@ -147,12 +147,17 @@ def _score_full(*, body, head, items: list[_Item], letter_ids, batch_size, pad_i
         chunk = items[start:start + batch_size]
         ids, mask = _pad_right([it.ids for it in chunk], pad_id, device)
         hidden, _ = _run_body(body, ids, mask)
-        last = mask.sum(dim=1) - 1
-        probs = _letter_probs(head, hidden[torch.arange(len(chunk), device=device), last], letter_ids)
-        for it, p in zip(chunk, probs.cpu()):
-            out[it.index] = p
-        advance(len(chunk))
+        _collect(head, hidden, mask, chunk, letter_ids, out, advance)
     return out
+
+
+def _collect(head, hidden, mask, chunk: list[_Item], letter_ids, out: dict, advance) -> None:
+    """Letter probabilities at each right-padded sequence's last real token, into ``out``."""
+    last = mask.sum(dim=1) - 1
+    rows = torch.arange(len(chunk), device=hidden.device)
+    for it, p in zip(chunk, _letter_probs(head, hidden[rows, last], letter_ids).cpu()):
+        out[it.index] = p
+    advance(len(chunk))
 
 
 def _score_with_prefix(*, body, head, config, prefix_ids: list[int], items: list[_Item], letter_ids,
@@ -175,11 +180,7 @@ def _score_with_prefix(*, body, head, config, prefix_ids: list[int], items: list
         cache = _expanded_cache(prefix_cache, len(chunk), config)
         hidden, _ = _run_body(body, ids, full_mask, positions, cache=cache, keep_cache=True)
         del cache
-        last = mask.sum(dim=1) - 1
-        probs = _letter_probs(head, hidden[torch.arange(len(chunk), device=device), last], letter_ids)
-        for it, p in zip(chunk, probs.cpu()):
-            out[it.index] = p
-        advance(len(chunk))
+        _collect(head, hidden, mask, chunk, letter_ids, out, advance)
     return out
 
 
