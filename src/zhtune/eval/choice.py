@@ -139,12 +139,31 @@ class _Item:
     suffix: list[int] | None = None  # tokens after the cached prefix; None: no cache for this one
 
 
+# A batch closes when one more (shorter) sequence would make more than this share of it padding:
+# long-tailed question lengths otherwise waste a quarter of the compute on padding (C-Eval).
+MAX_PADDING = 0.1
+
+
+def _length_batches(items: list[_Item], length, batch_size: int) -> Iterator[list[_Item]]:
+    """Longest first, at most ``batch_size`` per batch and little padding in each."""
+    batch: list[_Item] = []
+    real = 0
+    for it in sorted(items, key=length, reverse=True):
+        n = length(it)
+        if batch and (len(batch) == batch_size
+                      or 1 - (real + n) / (length(batch[0]) * (len(batch) + 1)) > MAX_PADDING):
+            yield batch
+            batch, real = [], 0
+        batch.append(it)
+        real += n
+    if batch:
+        yield batch
+
+
 def _score_full(*, body, head, items: list[_Item], letter_ids, batch_size, pad_id, device, advance):
     """Reference path: each full prompt in one forward pass, batches grouped by length."""
     out: dict[int, torch.Tensor] = {}
-    items = sorted(items, key=lambda it: len(it.ids), reverse=True)
-    for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
+    for chunk in _length_batches(items, lambda it: len(it.ids), batch_size):
         ids, mask = _pad_right([it.ids for it in chunk], pad_id, device)
         hidden, _ = _run_body(body, ids, mask)
         _collect(head, hidden, mask, chunk, letter_ids, out, advance)
@@ -169,9 +188,7 @@ def _score_with_prefix(*, body, head, config, prefix_ids: list[int], items: list
     p_ids = torch.tensor([prefix_ids], dtype=torch.long, device=device)
     _, prefix_cache = _run_body(body, p_ids, torch.ones_like(p_ids), keep_cache=True)
     n_prefix = len(prefix_ids)
-    items = sorted(items, key=lambda it: len(it.suffix), reverse=True)
-    for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
+    for chunk in _length_batches(items, lambda it: len(it.suffix), batch_size):
         ids, mask = _pad_right([it.suffix for it in chunk], pad_id, device)
         full_mask = torch.cat([torch.ones((len(chunk), n_prefix), dtype=mask.dtype, device=device),
                                mask], dim=1)
