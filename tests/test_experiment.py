@@ -24,6 +24,8 @@ def test_run_skips_finished_stages_and_redoes_changed_ones(tiny_llama_dir, share
     assert first.ran == ["baseline", "prepare", "train", "evaluate", "compare", "report"]
     assert (first.report_dir / "report.html").exists()
     assert (tmp_path / "run" / "config.resolved.yaml").exists()
+    # The adapter's evaluation is labelled with the experiment's name.
+    assert json.loads((first.eval_dir / "index.json").read_text())["labels"] == [raw["name"]]
 
     again = run_experiment(config_from_dict(raw), data_dir=shared_data)
     assert again.ran == [] and len(again.skipped) == 6

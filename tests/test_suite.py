@@ -125,6 +125,10 @@ def test_adapter_folders(adapters, tmp_path):
     assert adapter_names([out, out / "adapter", "x/base"]) == ["zh-a", "zh-a-2", "base-2"]
     # `zhtune run` trains into OUT/train: "train" would shadow nn.Module.train inside PEFT.
     assert adapter_names(["runs/x/train/adapter"]) == ["train-adapter"]
+    # `zhtune run` names its adapter after the experiment instead.
+    assert adapter_names(["runs/x/train/adapter"], ["demo cpu"]) == ["demo_cpu"]
+    with pytest.raises(ValueError, match="2 labels for 1 adapters"):
+        adapter_names(["a"], ["x", "y"])
     assert scale_label("zh-a", 1.0) == "zh-a" and scale_label("zh-a", 0.5) == "zh-a@scale-0.5"
 
 

@@ -125,7 +125,7 @@ def run_experiment(cfg: ExperimentConfig, *, data_dir: str | Path | None = None,
     run_stage("evaluate", res.eval_dir, fp_eval,
               lambda d: run_eval(cfg.model, cfg.eval, d, data_dir=data_dir, include_base=False,
                                  adapters=[str(res.train_dir / "adapter")],
-                                 scales=cfg.eval.adapter_scales),
+                                 adapter_labels=[cfg.name], scales=cfg.eval.adapter_scales),
               res, "evaluate" in forced)
     tuned = tuned_eval_dir(res.eval_dir)
     run_stage("compare", res.compare_dir, fp_cmp,

@@ -36,12 +36,15 @@ def resolve_adapter_dir(path: str | Path) -> Path:
                     f"(expected a LoRA adapter folder or a `zhtune train` output folder)")
 
 
-def adapter_names(paths: Sequence[str | Path]) -> list[str]:
-    """Short unique names: the training output folder's name (``runs/belle-r8/adapter`` -> ``belle-r8``)."""
+def adapter_names(paths: Sequence[str | Path], labels: Sequence[str] | None = None) -> list[str]:
+    """Short unique names: ``labels`` when given (e.g. the experiment's name), else the training
+    output folder's name (``runs/belle-r8/adapter`` -> ``belle-r8``)."""
+    if labels is not None and len(labels) != len(paths):
+        raise ValueError(f"{len(labels)} labels for {len(paths)} adapters")
     names: list[str] = []
-    for raw in paths:
+    for i, raw in enumerate(paths):
         p = Path(raw).expanduser().resolve()
-        stem = p.parent.name if p.name == "adapter" else p.name
+        stem = labels[i] if labels is not None else (p.parent.name if p.name == "adapter" else p.name)
         name = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "adapter"
         unique, k = name, 2
         # PEFT stores adapters as submodule keys: "train", "eval", "forward" would shadow nn.Module.

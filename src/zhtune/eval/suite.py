@@ -270,10 +270,12 @@ def _save_settings(model_cfg: ModelConfig, eval_cfg: EvalConfig, data_dir, out: 
 
 def run_eval(model_cfg: ModelConfig, eval_cfg: EvalConfig, out_dir, *, data_dir=None,
              adapters: Sequence[str] = (), scales: Sequence[float] = (1.0,),
-             include_base: bool = True, progress: bool = True) -> dict:
+             include_base: bool = True, progress: bool = True,
+             adapter_labels: Sequence[str] | None = None) -> dict:
     """Load the base once; evaluate it and each adapter at each scale into ``OUT/<label>/``.
 
-    Labels: ``base``, ``<adapter>`` (scale 1) and ``<adapter>@scale-<s>``. ``OUT/index.json``
+    Labels: ``base``, ``<adapter>`` (scale 1) and ``<adapter>@scale-<s>``; an adapter's name is
+    its ``adapter_labels`` entry, else its training folder's name. ``OUT/index.json``
     lists them (written last, with each label as it completes)."""
     from zhtune.eval.adapters import (
         adapter_names,
@@ -311,7 +313,7 @@ def run_eval(model_cfg: ModelConfig, eval_cfg: EvalConfig, out_dir, *, data_dir=
                                 meta=base_meta, progress=progress)
         record("base", result, None, None)
     if adapters:
-        names = adapter_names(adapters)
+        names = adapter_names(adapters, adapter_labels)
         peft_model, dirs = attach_adapters(model, adapters, names, base_name=model_cfg.name_or_path)
         for name in names:
             for scale in scales:
