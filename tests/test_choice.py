@@ -197,3 +197,44 @@ def test_length_batches_bound_padding():
     assert 1 - real / padded <= choice.MAX_PADDING  # plain chunks of 8 waste 28% here
     for b in batches:
         assert [len(it.ids) for it in b] == sorted((len(it.ids) for it in b), reverse=True)
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_out_of_memory_halves_the_batch(tiny, shared_data, monkeypatch, caplog, use_cache):
+    """A batch that does not fit is split and retried; the scores are those of a run that fits."""
+    _, model, tok, family = tiny
+    qs = questions(shared_data, per_subject=10)
+    expected = score_choice(model, tok, qs, shots=1, data_dir=shared_data, batch_size=8,
+                            use_cache=use_cache, progress=False)
+    real_run_body, seen = choice._run_body, []
+
+    def small_accelerator(body, input_ids, *args, **kwargs):
+        if input_ids.shape[0] > 2 and input_ids.shape[1] > 1:  # the prefix itself (batch 1) fits
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        seen.append(input_ids.shape[0])
+        return real_run_body(body, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(choice, "_run_body", small_accelerator)
+    with caplog.at_level("WARNING", logger="zhtune.eval.choice"):
+        got = score_choice(model, tok, qs, shots=1, data_dir=shared_data, batch_size=8,
+                           use_cache=use_cache, progress=False)
+    assert [p.pred for p in got] == [p.pred for p in expected]
+    for a, b in zip(got, expected):
+        for x in LETTERS:
+            assert a.probs[x] == pytest.approx(b.probs[x], abs=1e-5)
+    assert max(seen) == 2 and sum(seen) >= len(qs)
+    # halved until it fits, once: later batches start at the reduced size instead of failing again
+    sizes = [int(r.getMessage().split()[4]) for r in caplog.records if "out of memory" in r.getMessage()]
+    assert sizes and sizes == sorted(sizes, reverse=True) and len(sizes) <= 2, sizes
+    assert all(n > 2 for n in sizes)
+
+
+def test_out_of_memory_with_one_question_is_raised():
+    limit = choice._BatchLimit(4)
+
+    def forward(part):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    with pytest.raises(torch.OutOfMemoryError):
+        limit.run([choice._Item(i, [1]) for i in range(4)], forward)
+    assert limit.size == 1

@@ -144,13 +144,41 @@ class _Item:
 MAX_PADDING = 0.1
 
 
-def _length_batches(items: list[_Item], length, batch_size: int) -> Iterator[list[_Item]]:
+class _BatchLimit:
+    """Questions per forward pass, halved for the rest of the run when the accelerator runs out of
+    memory: a 5-shot prefix of 2,500 tokens (MMLU's history subjects) repeated for a batch of 16
+    is 20 GB of keys and values on a 7B model, which no batch size fits for every subject."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def run(self, chunk: list[_Item], forward) -> None:
+        """``forward(part)`` over ``chunk`` in parts of at most ``size``; on OOM, halve and retry."""
+        start = 0
+        while start < len(chunk):
+            part = chunk[start:start + self.size]
+            try:
+                forward(part)
+            except torch.OutOfMemoryError:
+                if len(part) == 1:
+                    raise
+                self.size = (len(part) + 1) // 2
+                log.warning("out of memory with %d questions per forward pass; continuing with %d",
+                            len(part), self.size)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                continue
+            start += len(part)
+
+
+def _length_batches(items: list[_Item], length, batch_size: "int | _BatchLimit") -> Iterator[list[_Item]]:
     """Longest first, at most ``batch_size`` per batch and little padding in each."""
     batch: list[_Item] = []
     real = 0
     for it in sorted(items, key=length, reverse=True):
         n = length(it)
-        if batch and (len(batch) == batch_size
+        size = batch_size.size if isinstance(batch_size, _BatchLimit) else batch_size
+        if batch and (len(batch) >= size
                       or 1 - (real + n) / (length(batch[0]) * (len(batch) + 1)) > MAX_PADDING):
             yield batch
             batch, real = [], 0
@@ -160,13 +188,18 @@ def _length_batches(items: list[_Item], length, batch_size: int) -> Iterator[lis
         yield batch
 
 
-def _score_full(*, body, head, items: list[_Item], letter_ids, batch_size, pad_id, device, advance):
+def _score_full(*, body, head, items: list[_Item], letter_ids, batch_size: _BatchLimit, pad_id,
+                device, advance):
     """Reference path: each full prompt in one forward pass, batches grouped by length."""
     out: dict[int, torch.Tensor] = {}
-    for chunk in _length_batches(items, lambda it: len(it.ids), batch_size):
+
+    def forward(chunk: list[_Item]) -> None:
         ids, mask = _pad_right([it.ids for it in chunk], pad_id, device)
         hidden, _ = _run_body(body, ids, mask)
         _collect(head, hidden, mask, chunk, letter_ids, out, advance)
+
+    for chunk in _length_batches(items, lambda it: len(it.ids), batch_size):
+        batch_size.run(chunk, forward)
     return out
 
 
@@ -180,7 +213,7 @@ def _collect(head, hidden, mask, chunk: list[_Item], letter_ids, out: dict, adva
 
 
 def _score_with_prefix(*, body, head, config, prefix_ids: list[int], items: list[_Item], letter_ids,
-                       batch_size, pad_id, device, advance):
+                       batch_size: _BatchLimit, pad_id, device, advance):
     """The prefix once (batch 1), then the suffixes against its cache, batches grouped by length."""
     out: dict[int, torch.Tensor] = {}
     if not items:
@@ -188,7 +221,8 @@ def _score_with_prefix(*, body, head, config, prefix_ids: list[int], items: list
     p_ids = torch.tensor([prefix_ids], dtype=torch.long, device=device)
     _, prefix_cache = _run_body(body, p_ids, torch.ones_like(p_ids), keep_cache=True)
     n_prefix = len(prefix_ids)
-    for chunk in _length_batches(items, lambda it: len(it.suffix), batch_size):
+
+    def forward(chunk: list[_Item]) -> None:
         ids, mask = _pad_right([it.suffix for it in chunk], pad_id, device)
         full_mask = torch.cat([torch.ones((len(chunk), n_prefix), dtype=mask.dtype, device=device),
                                mask], dim=1)
@@ -198,6 +232,9 @@ def _score_with_prefix(*, body, head, config, prefix_ids: list[int], items: list
         hidden, _ = _run_body(body, ids, full_mask, positions, cache=cache, keep_cache=True)
         del cache
         _collect(head, hidden, mask, chunk, letter_ids, out, advance)
+
+    for chunk in _length_batches(items, lambda it: len(it.suffix), batch_size):
+        batch_size.run(chunk, forward)
     return out
 
 
@@ -300,7 +337,7 @@ def score_choice(model, tokenizer, questions: list[Question], *, shots: int = 5,
         groups.setdefault((q.benchmark, q.subject), []).append(i)
     letters = {b: [letter_token_ids(tokenizer, b)[x] for x in LETTERS] for b in {b for b, _ in groups}}
 
-    run = dict(body=body, head=head, batch_size=batch_size, pad_id=pad_id, device=device)
+    run = dict(body=body, head=head, batch_size=_BatchLimit(batch_size), pad_id=pad_id, device=device)
     probs: dict[int, torch.Tensor] = {}
     fallback: dict[str, list[_Item]] = defaultdict(list)  # per benchmark: scored with full prompts
     was_training = model.training
