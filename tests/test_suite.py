@@ -127,6 +127,9 @@ def test_adapter_folders(adapters, tmp_path):
     assert adapter_names(["runs/x/train/adapter"]) == ["train-adapter"]
     # `zhtune run` names its adapter after the experiment instead.
     assert adapter_names(["runs/x/train/adapter"], ["demo cpu"]) == ["demo_cpu"]
+    # PEFT refuses "." in adapter names (module keys); sweep points are named like this.
+    assert adapter_names(["runs/qwen2.5-r8/adapter"]) == ["qwen2_5-r8"]
+    assert adapter_names(["a"], ["tiny/rank4-dropout0.05"]) == ["tiny_rank4-dropout0_05"]
     with pytest.raises(ValueError, match="2 labels for 1 adapters"):
         adapter_names(["a"], ["x", "y"])
     assert scale_label("zh-a", 1.0) == "zh-a" and scale_label("zh-a", 0.5) == "zh-a@scale-0.5"

@@ -45,7 +45,8 @@ def adapter_names(paths: Sequence[str | Path], labels: Sequence[str] | None = No
     for i, raw in enumerate(paths):
         p = Path(raw).expanduser().resolve()
         stem = labels[i] if labels is not None else (p.parent.name if p.name == "adapter" else p.name)
-        name = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or "adapter"
+        # PEFT adapter names become module keys: no "." (qwen2.5-r8 -> qwen2_5-r8).
+        name = re.sub(r"[^A-Za-z0-9_-]+", "_", stem).strip("_-") or "adapter"
         unique, k = name, 2
         # PEFT stores adapters as submodule keys: "train", "eval", "forward" would shadow nn.Module.
         if hasattr(torch.nn.Module, unique):
