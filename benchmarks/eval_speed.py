@@ -28,8 +28,8 @@ from rich.console import Console
 from rich.table import Table
 
 from zhtune.data.benchmarks import LETTERS, few_shot_examples, load_benchmark
-from zhtune.data.prompts import choice_prompt
-from zhtune.eval.choice import _encode, letter_token_ids, score_choice
+from zhtune.data.prompts import choice_prompt, encode_prompt
+from zhtune.eval.choice import letter_token_ids, score_choice
 from zhtune.models.loading import load_model
 
 
@@ -74,7 +74,7 @@ def plain_scores(model, tokenizer, questions, shots, data_dir, batch_size) -> li
     seqs: list[tuple[int, int, list[int]]] = []  # (question index, letter index, token ids)
     for qi, q in enumerate(questions):
         prompt = choice_prompt(q.benchmark, q.subject, few_shot_examples(q.benchmark, q.subject, shots, data_dir), q)
-        ids = _encode(tokenizer, prompt)
+        ids = encode_prompt(tokenizer, prompt)
         letter_ids = letter_token_ids(tokenizer, q.benchmark)
         for li, letter in enumerate(LETTERS):
             seqs.append((qi, li, ids + [letter_ids[letter]]))

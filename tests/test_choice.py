@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from zhtune.data.benchmarks import LETTERS, load_benchmark
+from zhtune.data.prompts import encode_prompt
 from zhtune.eval import choice
 from zhtune.eval.choice import letter_token_ids, score_choice
 from zhtune.models.families import detect_family
@@ -147,9 +148,9 @@ def test_tokenisation_boundary_shortens_the_prefix(tiny_llama_dir, shared_data, 
     _patched_prompts(monkeypatch, lambda head, texts: (head + " ", [head + " " + t[len(head):] for t in texts]))
     qs = questions(shared_data, per_subject=2)
     head = choice._subject_prompts(tok, None, "mmlu", "astronomy", qs[-2:], 1, shared_data, False)[0]
-    items = [choice._Item(i, choice._encode(tok, t)) for i, t in enumerate(
+    items = [choice._Item(i, encode_prompt(tok, t)) for i, t in enumerate(
         choice._subject_prompts(tok, None, "mmlu", "astronomy", qs[-2:], 1, shared_data, False)[1])]
-    prefix_ids = choice._encode(tok, head)
+    prefix_ids = encode_prompt(tok, head)
     assert items[0].ids[: len(prefix_ids)] != prefix_ids  # the boundary really differs
     assert choice._shared_prefix(prefix_ids, items) == len(prefix_ids) - 1
     cached = score_choice(model, tok, qs, shots=1, data_dir=shared_data, progress=False)

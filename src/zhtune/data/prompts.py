@@ -173,3 +173,25 @@ def wrap_chat(tokenizer: Any, family: Any, prompt_text: str) -> str:
     messages = [{"role": "user", "content": body}]
     chat = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return chat + cue
+
+
+# ----------------------------------------------------------------------------- tokens
+
+def encode_prompt(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of a whole prompt: the tokenizer's BOS is added unless the text already has it
+    (chat templates often write it themselves)."""
+    bos = getattr(tokenizer, "bos_token", None)
+    add_special = not (bos and text.startswith(bos))
+    return tokenizer(text, add_special_tokens=add_special)["input_ids"]
+
+
+def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens all of ``seqs`` share."""
+    first = seqs[0]
+    n = min(len(s) for s in seqs)
+    for s in seqs[1:]:
+        i = 0
+        while i < n and s[i] == first[i]:
+            i += 1
+        n = i
+    return n

@@ -15,13 +15,14 @@ import inspect
 import logging
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from zhtune.data.benchmarks import LETTERS, Question
+from zhtune.data.prompts import common_prefix_len, encode_prompt
+from zhtune.eval.progress import progress_bar
 from zhtune.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -42,14 +43,6 @@ class ChoicePrediction:
 
 
 # ----------------------------------------------------------------------------- tokens
-
-def _encode(tokenizer, text: str) -> list[int]:
-    """Token ids of a whole prompt: the tokenizer's BOS is added unless the text already has it
-    (chat templates often write it themselves)."""
-    bos = getattr(tokenizer, "bos_token", None)
-    add_special = not (bos and text.startswith(bos))
-    return tokenizer(text, add_special_tokens=add_special)["input_ids"]
-
 
 def letter_token_ids(tokenizer, benchmark: str) -> dict[str, int]:
     """The token id of each option letter as it follows the answer cue in the few-shot answers.
@@ -244,14 +237,6 @@ def _score_with_prefix(*, body, head, config, prefix_ids: list[int], items: list
 BOUNDARY_SLACK = 8
 
 
-def _common_len(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
-
-
 def _shared_prefix(prefix_ids: list[int], items: list[_Item]) -> int:
     """How many prefix tokens every cacheable question starts with; sets those questions' suffixes.
 
@@ -259,7 +244,7 @@ def _shared_prefix(prefix_ids: list[int], items: list[_Item]) -> int:
     keeps ``suffix = None`` and is scored with its full prompt."""
     lengths = {}
     for it in items:
-        common = min(_common_len(prefix_ids, it.ids), len(it.ids) - 1)  # leave >= 1 suffix token
+        common = min(common_prefix_len([prefix_ids, it.ids]), len(it.ids) - 1)  # leave >= 1 suffix token
         if common >= max(1, len(prefix_ids) - BOUNDARY_SLACK):
             lengths[it.index] = common
     n = min(lengths.values(), default=0)
@@ -289,25 +274,6 @@ def _subject_prompts(tokenizer, family, benchmark, subject, questions, shots, da
         return None, texts
     head = texts[0][: pos + len(prefix)]
     return (head if all(t.startswith(head) for t in texts) else None), texts
-
-
-@contextmanager
-def _progress_bar(total: int, description: str, enabled: bool) -> Iterator:
-    if not enabled or total == 0:
-        yield lambda n: None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), transient=True) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
 
 
 def score_choice(model, tokenizer, questions: list[Question], *, shots: int = 5, data_dir=None,
@@ -343,18 +309,18 @@ def score_choice(model, tokenizer, questions: list[Question], *, shots: int = 5,
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), _progress_bar(len(questions), "multiple choice", progress) as advance:
+        with torch.inference_mode(), progress_bar(len(questions), "multiple choice", progress) as advance:
             for (benchmark, subject), indices in groups.items():
                 head_text, texts = _subject_prompts(tokenizer, family, benchmark, subject,
                                                     [questions[i] for i in indices], shots, data_dir, chat)
-                items = [_Item(i, _encode(tokenizer, t)) for i, t in zip(indices, texts)]
+                items = [_Item(i, encode_prompt(tokenizer, t)) for i, t in zip(indices, texts)]
                 longest = max(len(it.ids) for it in items)
                 if max_positions and longest > max_positions:
                     log.warning("%s/%s: a prompt of %d tokens is longer than the model's %d "
                                 "positions; its scores are unreliable (use fewer shots)",
                                 benchmark, subject, longest, max_positions)
                 if use_cache and head_text is not None:
-                    prefix_ids = _encode(tokenizer, head_text)
+                    prefix_ids = encode_prompt(tokenizer, head_text)
                     n = _shared_prefix(prefix_ids, items)
                     cached = [it for it in items if it.suffix is not None]
                     probs.update(_score_with_prefix(config=model.config, prefix_ids=prefix_ids[:n],

@@ -26,6 +26,8 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from zhtune.data.benchmarks import Question
+from zhtune.data.prompts import common_prefix_len, encode_prompt
+from zhtune.eval.progress import progress_bar
 
 # Shortest shared prefix (in tokens) worth a separate forward pass.
 MIN_SHARED_PREFIX = 16
@@ -107,24 +109,6 @@ def cut_at_stop(text: str, stops: Iterable[str]) -> str:
 
 # ----------------------------------------------------------------------------- generation
 
-def _encode(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of a prompt, with the tokenizer's BOS unless the text (a chat template) has it."""
-    bos = getattr(tokenizer, "bos_token", None)
-    add_special = not (bos and text.startswith(bos))
-    return tokenizer(text, add_special_tokens=add_special)["input_ids"]
-
-
-def _common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
-    first = seqs[0]
-    n = min(len(s) for s in seqs)
-    for s in seqs[1:]:
-        i = 0
-        while i < n and s[i] == first[i]:
-            i += 1
-        n = i
-    return n
-
-
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     ids = set()
     for source in (getattr(model, "generation_config", None), getattr(model, "config", None), tokenizer):
@@ -138,21 +122,6 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
 
 def _model_device(model: Any) -> torch.device:
     return next(model.parameters()).device
-
-
-def progress_bar(enabled: bool, description: str, total: int):
-    """A rich progress bar (or a do-nothing stand-in) as ``(context, advance(n))``."""
-    from contextlib import nullcontext
-
-    if not enabled:
-        return nullcontext(), lambda n=1: None
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
-    task = bar.add_task(description, total=total)
-    return bar, lambda n=1: bar.advance(task, n)
 
 
 @torch.inference_mode()
@@ -280,10 +249,10 @@ def generate_greedy(model: Any, tokenizer: Any, prompts: list[str], *, stop_stri
     was_training = model.training
     model.eval()
     device = _model_device(model)
-    encoded = [_encode(tokenizer, p) for p in prompts]
+    encoded = [encode_prompt(tokenizer, p) for p in prompts]
     if any(len(e) == 0 for e in encoded):
         raise ValueError("cannot generate from an empty prompt")
-    prefix_len = _common_prefix_len(encoded) if share_prefix else 0
+    prefix_len = common_prefix_len(encoded) if share_prefix else 0
     prefix_len = min(prefix_len, min(len(e) for e in encoded) - 1)  # every prompt keeps a token
     if prefix_len < MIN_SHARED_PREFIX:
         prefix_len = 0
@@ -295,9 +264,8 @@ def generate_greedy(model: Any, tokenizer: Any, prompts: list[str], *, stop_stri
     results: list[str] = [""] * len(prompts)
     running: _Running | None = None
     refill = True
-    bar, advance = progress_bar(progress, "generating", len(prompts))
     try:
-        with bar, torch.inference_mode():
+        with progress_bar(len(prompts), "generating", progress) as advance, torch.inference_mode():
             prefix_cache = _prefix_cache(model, encoded[0][:prefix_len], device) if prefix_len else None
             while pending or running is not None:
                 free = batch_size - (len(running.index) if running else 0)
