@@ -434,6 +434,23 @@ def load_benchmark(benchmark: str, split: str | None = None, data_dir: str | Pat
     return out
 
 
+def round_robin(questions: list[Question], n: int) -> list[Question]:
+    """``n`` questions spread over the subjects: the first of each subject (by name), then the
+    second of each, ...; deterministic for a given list."""
+    by_subject: dict[str, list[Question]] = {}
+    for q in questions:
+        by_subject.setdefault(q.subject, []).append(q)
+    queues = [by_subject[s] for s in sorted(by_subject)]
+    out: list[Question] = []
+    depth = 0
+    while len(out) < n and any(depth < len(qs) for qs in queues):
+        for qs in queues:
+            if depth < len(qs) and len(out) < n:
+                out.append(qs[depth])
+        depth += 1
+    return out
+
+
 def few_shot_examples(benchmark: str, subject: str, n: int,
                       data_dir: str | Path | None = None) -> list[Question]:
     """The first ``n`` solved examples of a subject's dev split (GSM8K: of train), as the harnesses do."""

@@ -72,17 +72,14 @@ def _first_per_subject(questions: list, limit: int | None) -> list:
 
 
 def _round_robin(questions: list, cap: int | None) -> list:
-    """At most ``cap`` questions: the first of every subject, then the second, ... (file order kept
-    within a subject; the result is in the original order)."""
+    """At most ``cap`` questions spread over the subjects (``round_robin``), kept in their original
+    order."""
+    from zhtune.data.benchmarks import round_robin
+
     if cap is None or len(questions) <= cap:
         return questions
-    rank: dict[str, int] = defaultdict(int)
-    order = []
-    for i, q in enumerate(questions):
-        order.append((rank[q.subject], i))
-        rank[q.subject] += 1
-    keep = sorted(i for _, i in sorted(order)[:cap])
-    return [questions[i] for i in keep]
+    keep = {q.key for q in round_robin(questions, cap)}
+    return [q for q in questions if q.key in keep]
 
 
 def load_questions(eval_cfg: EvalConfig, data_dir=None) -> dict[str, list]:

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from zhtune.data.benchmarks import Question
+from zhtune.data.benchmarks import Question, round_robin
 from zhtune.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -54,23 +54,6 @@ class ProbeSet:
     en_texts: list[str]
     shots: int
     data_dir: str | None = None  # where few-shot examples come from when shots > 0
-
-
-def round_robin(questions: list[Question], n: int) -> list[Question]:
-    """``n`` questions spread over the subjects: the first of each subject (by name), then the
-    second of each, ...; deterministic for a given list."""
-    by_subject: dict[str, list[Question]] = {}
-    for q in questions:
-        by_subject.setdefault(q.subject, []).append(q)
-    queues = [by_subject[s] for s in sorted(by_subject)]
-    out: list[Question] = []
-    depth = 0
-    while len(out) < n and any(depth < len(qs) for qs in queues):
-        for qs in queues:
-            if depth < len(qs) and len(out) < n:
-                out.append(qs[depth])
-        depth += 1
-    return out
 
 
 def build_probe_set(data_dir, *, ceval_questions: int = 40, mmlu_questions: int = 40,
