@@ -20,6 +20,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from zhtune.commands import split_list
+
 log = logging.getLogger(__name__)
 
 DEFAULT_BELLE = "BelleGroup/train_0.5M_CN"
@@ -222,12 +224,6 @@ def print_report(report, console: Console, max_problems: int = 50) -> None:
     console.print("[bold green]no errors[/]" if report.ok else f"[bold red]{len(report.errors):,} error(s)[/]")
 
 
-def _split_list(values: list[str] | None) -> list[str] | None:
-    if not values:
-        return None
-    return [v.strip() for item in values for v in item.split(",") if v.strip()]
-
-
 # ----------------------------------------------------------------------------- commands
 
 
@@ -273,7 +269,7 @@ def register(app: typer.Typer) -> None:
 
         from zhtune.data.benchmarks import BENCHMARKS, check_data_dir
 
-        chosen = _split_list(benchmarks) or list(BENCHMARKS)
+        chosen = split_list(benchmarks) or list(BENCHMARKS)
         console = Console()
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=Console(stderr=True)) as progress:

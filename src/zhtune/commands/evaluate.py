@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from zhtune.commands import split_list
 from zhtune.errors import UserError
 
 console = Console()
@@ -16,15 +17,8 @@ console = Console()
 DATA_FOLDERS = ("ceval", "cmmlu", "mmlu", "gsm8k", "belle", "alpaca")
 
 
-def _split_list(text: str | None) -> list[str] | None:
-    if text is None:
-        return None
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    return items or None
-
-
 def _scales(text: str | None) -> list[float] | None:
-    items = _split_list(text)
+    items = split_list(text)
     if items is None:
         return None
     try:
@@ -162,7 +156,7 @@ def register(app: typer.Typer) -> None:
         out = Path(output_dir)
         model_flags = {"name_or_path": model, "dtype": dtype, "device": device,
                        "trust_remote_code": trust_remote_code}
-        eval_flags = {"benchmarks": _split_list(benchmarks), "subjects": _split_list(subjects),
+        eval_flags = {"benchmarks": split_list(benchmarks), "subjects": split_list(subjects),
                       "limit": limit, "shots": shots, "gsm8k_shots": gsm8k_shots, "gsm8k_cot": gsm8k_cot,
                       "batch_size": batch_size, "chat": chat, "max_new_tokens": max_new_tokens,
                       "perplexity": False if no_perplexity else None,
