@@ -5,7 +5,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 
 def _read_umask() -> int:
@@ -50,6 +50,21 @@ def atomic_write_jsonl(path: str | Path, rows: Iterable[Any]) -> Path:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """(line number, value) for every non-blank line; a line that is not JSON is an error that
+    names the file and the line."""
+    from zhtune.errors import UserError
+
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UserError(f"{path}:{lineno}: not valid JSON: {err.msg}") from None
 
 
 def read_jsonl(path: str | Path) -> list[Any]:

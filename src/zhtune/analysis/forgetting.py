@@ -35,7 +35,7 @@ from scipy.stats import binomtest
 
 from zhtune.data.benchmarks import BENCHMARKS, CHINESE_BENCHMARKS, ENGLISH_BENCHMARKS
 from zhtune.errors import UserError
-from zhtune.io import atomic_write_json
+from zhtune.io import atomic_write_json, iter_jsonl
 
 CONFIDENCE = 0.95
 ALPHA = 0.05  # a change is called significant only when the interval excludes 0 AND McNemar p < ALPHA
@@ -92,22 +92,15 @@ def _read_predictions(path: Path) -> dict[str, dict]:
     if not path.is_file():
         raise UserError(f"{path}: missing; an evaluation folder needs summary.json and predictions.jsonl")
     preds: dict[str, dict] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}:{lineno}: not valid JSON: {err.msg}") from None
-            missing = [k for k in _REQUIRED if k not in rec] if isinstance(rec, dict) else list(_REQUIRED)
-            if missing:
-                raise UserError(f"{path}:{lineno}: prediction lacks {', '.join(missing)}")
-            if not isinstance(rec["correct"], bool):
-                raise UserError(f"{path}:{lineno}: 'correct' must be true or false, got {rec['correct']!r}")
-            if rec["key"] in preds:
-                raise UserError(f"{path}:{lineno}: question {rec['key']!r} appears twice")
-            preds[rec["key"]] = rec
+    for lineno, rec in iter_jsonl(path):
+        missing = [k for k in _REQUIRED if k not in rec] if isinstance(rec, dict) else list(_REQUIRED)
+        if missing:
+            raise UserError(f"{path}:{lineno}: prediction lacks {', '.join(missing)}")
+        if not isinstance(rec["correct"], bool):
+            raise UserError(f"{path}:{lineno}: 'correct' must be true or false, got {rec['correct']!r}")
+        if rec["key"] in preds:
+            raise UserError(f"{path}:{lineno}: question {rec['key']!r} appears twice")
+        preds[rec["key"]] = rec
     if not preds:
         raise UserError(f"{path}: no predictions")
     return preds

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 import logging
 import math
 from contextlib import contextmanager
@@ -21,7 +20,7 @@ from matplotlib import font_manager
 from matplotlib.figure import Figure  # a bare Figure renders with Agg; pyplot is never needed
 
 from zhtune.errors import UserError
-from zhtune.io import atomic_write_bytes
+from zhtune.io import atomic_write_bytes, iter_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -207,18 +206,8 @@ def plot_subject_changes(comparison: dict, stem: str | Path, top: int = 15) -> l
 
 # ----------------------------------------------------------------------------------- training
 def _read_log(path: Path) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UserError(f"{path}:{lineno}: not valid JSON: {err.msg}") from None
-            if isinstance(row, dict) and isinstance(row.get("step"), (int, float)):
-                rows.append(row)
-    return rows
+    return [row for _, row in iter_jsonl(path)
+            if isinstance(row, dict) and isinstance(row.get("step"), (int, float))]
 
 
 def read_training_log(train_dir: str | Path) -> list[dict]:
