@@ -190,7 +190,7 @@ def test_length_batches_bound_padding():
     lengths = [619, 541, 443, 392, 369, 356, 335, 333, 323, 284, 266, 231, 228, 214, 203, 201, 194,
                180, 151, 134, 123, 122, 116, 105, 101, 81]  # C-Eval accountant suffixes (SmolLM2)
     items = [choice._Item(i, [0] * n) for i, n in enumerate(lengths[::-1])]
-    batches = list(choice._length_batches(items, lambda it: len(it.ids), 8))
+    batches = list(choice._length_batches(items, lambda it: len(it.ids), choice._BatchLimit(8)))
     assert sorted(it.index for b in batches for it in b) == list(range(len(lengths)))
     assert all(len(b) <= 8 for b in batches)
     real = sum(lengths)

@@ -164,14 +164,14 @@ class _BatchLimit:
             start += len(part)
 
 
-def _length_batches(items: list[_Item], length, batch_size: "int | _BatchLimit") -> Iterator[list[_Item]]:
-    """Longest first, at most ``batch_size`` per batch and little padding in each."""
+def _length_batches(items: list[_Item], length, limit: _BatchLimit) -> Iterator[list[_Item]]:
+    """Longest first, at most ``limit.size`` per batch (read as batches close, so a size halved
+    on OOM applies at once) and little padding in each."""
     batch: list[_Item] = []
     real = 0
     for it in sorted(items, key=length, reverse=True):
         n = length(it)
-        size = batch_size.size if isinstance(batch_size, _BatchLimit) else batch_size
-        if batch and (len(batch) >= size
+        if batch and (len(batch) >= limit.size
                       or 1 - (real + n) / (length(batch[0]) * (len(batch) + 1)) > MAX_PADDING):
             yield batch
             batch, real = [], 0
