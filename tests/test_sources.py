@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -458,3 +459,27 @@ def test_cli_without_a_model_is_a_user_error(runner):
 
     result = runner.invoke(app, ["models", "pull"])
     assert isinstance(result.exception, UserError) and "no model given" in str(result.exception)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_damaged_gguf_is_one_line_error_naming_the_file(tiny_gguf, tmp_path, damage):
+    data = tiny_gguf.read_bytes()
+    broken = tmp_path / f"{damage}.gguf"
+    broken.write_bytes({"truncated": data[: len(data) // 3], "garbage": b"GGUF" + b"\x07" * 4096,
+                        "empty": b""}[damage])
+    with pytest.raises(GGUFConversionError) as err:
+        resolve_model(str(broken), cache_dir=tmp_path / "cache")
+    message = str(err.value)
+    assert str(broken) in message and "\n" not in message and "not a readable GGUF file" in message
+    assert not [p for p in (tmp_path / "cache").glob("gguf-*") if p.is_dir()]  # nothing half-built is left
+
+
+def test_damaged_gguf_cli_exit_code_and_message(tiny_gguf, tmp_path):
+    broken = tmp_path / "cut.gguf"
+    broken.write_bytes(tiny_gguf.read_bytes()[:1000])
+    env = {**os.environ, "ZHTUNE_HOME": str(tmp_path / "home"), "COLUMNS": "400"}
+    proc = subprocess.run([sys.executable, "-m", "zhtune.cli", "models", "pull", str(broken)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "cut.gguf" in proc.stderr and "not a readable GGUF file" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -23,14 +23,22 @@ def gguf_metadata(gguf_path: str | Path) -> dict:
     """A few header fields (architecture, name, tensor types) without reading the tensors."""
     from gguf import GGUFReader
 
-    reader = GGUFReader(str(gguf_path))
-    meta = {}
-    for key in ("general.architecture", "general.name", "general.license", "general.file_type"):
-        if key in reader.fields:
-            meta[key] = reader.fields[key].contents()
-    meta["tensor_types"] = sorted({t.tensor_type.name for t in reader.tensors})
-    meta["tensor_count"] = len(reader.tensors)
-    meta["parameters"] = int(sum(int(t.n_elements) for t in reader.tensors))
+    # The gguf reader parses by memory-mapping and slicing: a truncated, empty or foreign file fails
+    # deep inside it with whatever numpy raises (IndexError, ValueError, OverflowError...). Any such
+    # failure means the same thing to the user, so it becomes one line that names the file.
+    try:
+        reader = GGUFReader(str(gguf_path))
+        meta = {}
+        for key in ("general.architecture", "general.name", "general.license", "general.file_type"):
+            if key in reader.fields:
+                meta[key] = reader.fields[key].contents()
+        meta["tensor_types"] = sorted({t.tensor_type.name for t in reader.tensors})
+        meta["tensor_count"] = len(reader.tensors)
+        meta["parameters"] = int(sum(int(t.n_elements) for t in reader.tensors))
+    except Exception as err:  # noqa: BLE001 - see above
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise GGUFConversionError(f"{gguf_path}: not a readable GGUF file (truncated or corrupt?): "
+                                  f"{type(err).__name__}: {first_line}") from err
     return meta
 
 
