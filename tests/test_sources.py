@@ -483,3 +483,27 @@ def test_damaged_gguf_cli_exit_code_and_message(tiny_gguf, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "cut.gguf" in proc.stderr and "not a readable GGUF file" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_model_info_describes_family_parameters_and_lora_targets(tiny_qwen_dir):
+    from zhtune.models.catalog import model_info
+
+    info = model_info(str(tiny_qwen_dir))
+    assert info["model_type"] == "qwen2" and info["family"].startswith("qwen2")
+    assert info["parameters"] > 0 and info["layers"] >= 1
+    # every decoder linear layer is a default target, the output head never is
+    assert "lm_head" not in info["default_lora_targets"]
+    assert set(info["default_lora_targets"]) >= {"q_proj", "k_proj", "v_proj", "o_proj"}
+    assert info["lora_defaults"]["rank"] > 0 and info["lora_defaults"]["alpha"] > 0
+
+
+def test_list_models_shows_builtins_and_the_cache(tiny_gguf, tmp_path):
+    from zhtune.models.catalog import list_models
+
+    cache = tmp_path / "cache"
+    before = list_models(cache, include_hub=False)
+    assert {b["name"] for b in before["builtins"]} >= {"builtin:smollm2-135m-instruct"}
+    assert not any(b["cached"] for b in before["builtins"]) and before["cached"] == []
+    entry = resolve_model(str(tiny_gguf), cache_dir=cache)
+    after = list_models(cache, include_hub=False)
+    assert [c["path"] for c in after["cached"]] == [str(entry)] and after["cached"][0]["size_bytes"] > 0

@@ -6,16 +6,12 @@
 from __future__ import annotations
 
 import json
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
-
-PULL_RECORD = "zhtune_pull.json"
 
 
 def _spec(name: Optional[str], model_name_or_path: Optional[str]) -> str:
@@ -36,53 +32,6 @@ def human_size(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} GB"
-
-
-def pull(spec: str, output_dir: Optional[Path] = None, revision: Optional[str] = None,
-         cache_dir: Optional[Path] = None, force: bool = False) -> tuple[Path, Optional[Path]]:
-    """Resolve ``spec`` (download / convert) and optionally copy it to ``output_dir/<name path>``."""
-    from zhtune.io import atomic_write_json
-    from zhtune.models.sources import copy_model, output_subdir, resolve_model
-
-    start = time.perf_counter()
-    path = resolve_model(spec, revision=revision, cache_dir=cache_dir)
-    copy = None
-    if output_dir is not None:
-        dest = Path(output_dir).expanduser() / output_subdir(spec)
-        copy = copy_model(path, dest, force=force)
-        atomic_write_json(copy / PULL_RECORD, {
-            "spec": spec, "revision": revision, "resolved_from": str(path),
-            "seconds": round(time.perf_counter() - start, 1),
-            "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")})
-    return path, copy
-
-
-def model_info(spec: str, revision: Optional[str] = None, family: Optional[str] = None) -> dict:
-    """Load the model on the CPU and describe it: family, parameters, linear layers, LoRA defaults."""
-    from zhtune.config import ModelConfig
-    from zhtune.models.loading import load_model
-    from zhtune.models.targets import linear_module_names, resolve_lora_targets
-
-    loaded = load_model(ModelConfig(name_or_path=spec, revision=revision, family=family, device="cpu"))
-    model, fam, cfg = loaded.model, loaded.family, loaded.model.config
-    return {
-        "name": spec,
-        "path": str(loaded.path),
-        "model_type": cfg.model_type,
-        "family": fam.name,
-        "family_description": fam.description,
-        "parameters": sum(p.numel() for p in model.parameters()),  # tied weights counted once
-        "loaded_dtype": str(model.dtype).removeprefix("torch."),
-        "layers": getattr(cfg, "num_hidden_layers", None),
-        "hidden_size": getattr(cfg, "hidden_size", None),
-        "vocab_size": getattr(cfg, "vocab_size", None),
-        "tie_word_embeddings": bool(getattr(cfg, "tie_word_embeddings", False)),
-        "chat_template": bool(getattr(loaded.tokenizer, "chat_template", None)),
-        "linear_modules": linear_module_names(model),
-        "default_lora_targets": resolve_lora_targets(model, "all"),
-        "lora_defaults": {"rank": fam.lora_rank, "alpha": fam.lora_alpha,
-                          "learning_rate": fam.learning_rate},
-    }
 
 
 def register(app: typer.Typer) -> None:
@@ -110,8 +59,10 @@ def register(app: typer.Typer) -> None:
 
         stdout gets only the folder (the copy with --output-dir), so MODEL=$(zhtune models pull X) works.
         """
+        from zhtune.models.catalog import pull_model
+
         spec = _spec(name, model_name_or_path)
-        path, copy = pull(spec, output_dir, revision, cache_dir, force)
+        path, copy = pull_model(spec, output_dir, revision, cache_dir, force)
         console = Console(stderr=True)
         console.print(f"[green]ready[/] {spec}", soft_wrap=True)
         if copy is not None:
@@ -126,15 +77,10 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     ):
         """The built-in models (cached or not) and every model in the caches, with sizes."""
-        from zhtune.models.sources import BUILTINS, builtin_cache_entry, is_cached, list_cached_models
+        from zhtune.models.catalog import list_models
 
-        builtins = []
-        for b in BUILTINS.values():
-            entry = builtin_cache_entry(b.name, cache_dir)
-            builtins.append({"name": f"builtin:{b.name}", "cached": is_cached(entry),
-                             "path": str(entry), "description": b.description})
-        cached = [{"spec": c.spec, "source": c.source, "size_bytes": c.size_bytes, "path": str(c.path)}
-                  for c in list_cached_models(cache_dir, include_hub=hub)]
+        listing = list_models(cache_dir, include_hub=hub)
+        builtins, cached = listing["builtins"], listing["cached"]
         if as_json:
             typer.echo(json.dumps({"builtins": builtins, "cached": cached}, indent=2, ensure_ascii=False))
             return
@@ -163,6 +109,8 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     ):
         """Load a model (CPU) and show its family, parameter count, linear layers and LoRA defaults."""
+        from zhtune.models.catalog import model_info
+
         info = model_info(_spec(name, model_name_or_path), revision, family)
         if as_json:
             typer.echo(json.dumps(info, indent=2, ensure_ascii=False))
