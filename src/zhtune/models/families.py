@@ -41,7 +41,7 @@ PLAIN_PROMPT = "### Instruction:\n{instruction}\n\n### Response:\n"
 PLAIN_PROMPT_WITH_INPUT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ModelFamily:
     name: str
     description: str
@@ -59,25 +59,36 @@ class ModelFamily:
 _CHATML_START = ("<|im_start|>assistant\n",)
 _PLAIN_START = ("### Response:\n",)
 
+# LoRA defaults as the original project documents them: Llama r16/alpha32/lr 2e-5, Qwen r8/alpha32/lr 1e-4.
+_LLAMA_LORA = dict(lora_rank=16, lora_alpha=32, learning_rate=2e-5)
+_QWEN_LORA = dict(lora_rank=8, lora_alpha=32, learning_rate=1e-4)
+
 FAMILIES: dict[str, ModelFamily] = {
     f.name: f
     for f in [
-        ModelFamily("llama2", "Llama-2 base (SentencePiece, 32k vocab)", None, _PLAIN_START, None,
-                    ("### Instruction:", "</s>"), 16, 32, 2e-5),
-        ModelFamily("llama2-chat", "Llama-2-chat ([INST] format)", LLAMA2_CHAT_TEMPLATE, ("[/INST]",),
-                    None, ("</s>", "[INST]"), 16, 32, 2e-5, is_chat=True),
-        ModelFamily("llama3", "Llama-3 / 3.x (header tokens, <|eot_id|>)", LLAMA3_TEMPLATE,
-                    ("<|start_header_id|>assistant<|end_header_id|>\n\n",), "<|eot_id|>",
-                    ("<|eot_id|>", "<|end_of_text|>"), 16, 32, 2e-5, is_chat=True),
+        ModelFamily(name="llama2", description="Llama-2 base (SentencePiece, 32k vocab)",
+                    chat_template=None, assistant_start=_PLAIN_START, turn_end=None,
+                    stop_strings=("### Instruction:", "</s>"), **_LLAMA_LORA),
+        ModelFamily(name="llama2-chat", description="Llama-2-chat ([INST] format)",
+                    chat_template=LLAMA2_CHAT_TEMPLATE, assistant_start=("[/INST]",), turn_end=None,
+                    stop_strings=("</s>", "[INST]"), is_chat=True, **_LLAMA_LORA),
+        ModelFamily(name="llama3", description="Llama-3 / 3.x (header tokens, <|eot_id|>)",
+                    chat_template=LLAMA3_TEMPLATE,
+                    assistant_start=("<|start_header_id|>assistant<|end_header_id|>\n\n",),
+                    turn_end="<|eot_id|>", stop_strings=("<|eot_id|>", "<|end_of_text|>"),
+                    is_chat=True, **_LLAMA_LORA),
         # Other Llama-architecture models (SmolLM2, TinyLlama, ...): the tokenizer's own template.
-        ModelFamily("llama", "Llama architecture with its tokenizer's own chat template",
-                    CHATML_TEMPLATE, _CHATML_START + _PLAIN_START, None,
-                    ("<|im_end|>", "</s>", "<|endoftext|>"), 16, 32, 2e-5, is_chat=True),
-        ModelFamily("qwen2", "Qwen2 / Qwen2.5 base (ChatML)", CHATML_TEMPLATE, _CHATML_START,
-                    "<|im_end|>", ("<|im_end|>", "<|endoftext|>"), 8, 32, 1e-4),
-        ModelFamily("qwen2-instruct", "Qwen2 / Qwen2.5 Instruct (ChatML)", CHATML_TEMPLATE,
-                    _CHATML_START, "<|im_end|>", ("<|im_end|>", "<|endoftext|>"), 8, 32, 1e-4,
-                    is_chat=True),
+        ModelFamily(name="llama", description="Llama architecture with its tokenizer's own chat template",
+                    chat_template=CHATML_TEMPLATE, assistant_start=_CHATML_START + _PLAIN_START,
+                    turn_end=None, stop_strings=("<|im_end|>", "</s>", "<|endoftext|>"),
+                    is_chat=True, **_LLAMA_LORA),
+        ModelFamily(name="qwen2", description="Qwen2 / Qwen2.5 base (ChatML)",
+                    chat_template=CHATML_TEMPLATE, assistant_start=_CHATML_START,
+                    turn_end="<|im_end|>", stop_strings=("<|im_end|>", "<|endoftext|>"), **_QWEN_LORA),
+        ModelFamily(name="qwen2-instruct", description="Qwen2 / Qwen2.5 Instruct (ChatML)",
+                    chat_template=CHATML_TEMPLATE, assistant_start=_CHATML_START,
+                    turn_end="<|im_end|>", stop_strings=("<|im_end|>", "<|endoftext|>"),
+                    is_chat=True, **_QWEN_LORA),
     ]
 }
 
