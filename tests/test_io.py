@@ -32,3 +32,19 @@ def test_failed_write_leaves_old_file_and_no_temporary(tmp_path):
         io.atomic_write_jsonl(path, rows())
     assert io.read_jsonl(path) == [{"i": 1}]
     assert [p.name for p in tmp_path.iterdir()] == ["rows.jsonl"]
+
+
+def test_artifact_facts(tmp_path):
+    import hashlib
+    import re
+
+    from zhtune.artifacts import sha256_file, sha256_text, utc_timestamp
+    from zhtune.io import is_hub_id
+
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", utc_timestamp())
+    blob = bytes(range(256)) * 40_000  # > one 4 MiB read block
+    (tmp_path / "w.bin").write_bytes(blob)
+    assert sha256_file(tmp_path / "w.bin", chunk=1 << 20) == hashlib.sha256(blob).hexdigest()
+    assert sha256_text("中文") == hashlib.sha256("中文".encode()).hexdigest()
+    assert is_hub_id("Qwen/Qwen2.5-7B-Instruct") and is_hub_id("BelleGroup/train_0.5M_CN")
+    assert not is_hub_id("./models/x") and not is_hub_id("a/b/c") and not is_hub_id("plain")

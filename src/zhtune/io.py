@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -83,3 +84,12 @@ def default_data_dir(explicit: str | Path | None = None) -> Path | None:
         return Path(explicit).expanduser()
     env = os.environ.get("ZHTUNE_DATA_DIR")
     return Path(env).expanduser() if env else None
+
+
+# ORG/NAME as the Hugging Face hub spells repository ids (models and datasets alike).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_hub_id(text: str) -> bool:
+    """Whether ``text`` is spelled like a hub repository id (it may still be a local path)."""
+    return bool(_HUB_ID.match(text))

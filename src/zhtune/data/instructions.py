@@ -29,13 +29,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from zhtune.errors import UserError
-from zhtune.io import default_data_dir
+from zhtune.io import default_data_dir, is_hub_id
 
 log = logging.getLogger(__name__)
 
 MAX_EXAMPLES = 20  # bad records kept verbatim in the report (all of them are counted)
 FILE_SUFFIXES = (".json", ".jsonl")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
           "bot": "assistant", "chatgpt": "assistant", "model": "assistant", "system": "system"}
 _BELLE_TURN = re.compile(r"(?:^|\n)(Human|Assistant):")
@@ -294,7 +293,7 @@ def _resolve_source(source: str, data_dir: Path | None) -> Path | None:
             return candidate
     if source.startswith("hub:"):
         return None
-    if _HUB_ID.match(source) and not source.lower().endswith(FILE_SUFFIXES + (".csv", ".parquet")):
+    if is_hub_id(source) and not source.lower().endswith(FILE_SUFFIXES + (".csv", ".parquet")):
         return None
     looked = ", ".join(str(c) for c in candidates)
     raise UserError(f"instruction source {source!r} not found (looked at {looked}); "

@@ -3,7 +3,6 @@ describe one. The CLI's ``zhtune models`` is a thin layer over these three funct
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
@@ -14,6 +13,7 @@ def pull_model(spec: str, output_dir: Optional[Path] = None, revision: Optional[
                cache_dir: Optional[Path] = None, force: bool = False) -> tuple[Path, Optional[Path]]:
     """Resolve ``spec`` (download / convert once) and optionally copy it to ``output_dir/<name path>``,
     the layout the original project's ``download_model.py`` made. Returns (cache folder, copy or None)."""
+    from zhtune.artifacts import utc_timestamp
     from zhtune.io import atomic_write_json
     from zhtune.models.sources import copy_model, output_subdir, resolve_model
 
@@ -26,7 +26,7 @@ def pull_model(spec: str, output_dir: Optional[Path] = None, revision: Optional[
         atomic_write_json(copy / PULL_RECORD, {
             "spec": spec, "revision": revision, "resolved_from": str(path),
             "seconds": round(time.perf_counter() - start, 1),
-            "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")})
+            "created": utc_timestamp()})
     return path, copy
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -28,14 +27,14 @@ import time
 import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
 from rich.console import Console
 
 from zhtune.errors import UserError
-from zhtune.io import atomic_write_json, read_json, zhtune_home
+from zhtune.artifacts import sha256_file, utc_timestamp
+from zhtune.io import atomic_write_json, is_hub_id, read_json, zhtune_home
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True)
@@ -47,7 +46,6 @@ MODELSCOPE_PREFIX = "modelscope:"
 # BPE vocab/merges, tiktoken, chat template). Never pickled weights (.bin/.pt) or remote code (.py).
 HUB_ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class ModelSourceError(UserError, ValueError):
@@ -143,7 +141,7 @@ def resolve_model(spec: str, revision: str | None = None, cache_dir: str | Path 
                                f"config.json, or a .gguf file")
     if spec.lower().endswith(".gguf"):
         raise ModelSourceError(f"{spec}: no such GGUF file")
-    if _HUB_ID.match(spec):
+    if is_hub_id(spec):
         return resolve_hub(spec, revision)
     raise ModelSourceError(
         f"{spec!r} is not a local folder, a hub id (ORG/NAME), modelscope:ORG/NAME, a .gguf file or "
@@ -232,7 +230,7 @@ def resolve_modelscope(model_id: str, revision: str | None = None) -> Path:
         raise ModelSourceError(
             f"modelscope:{model_id} needs the modelscope package: pip install 'zhtune[modelscope]'"
         ) from None
-    if not _HUB_ID.match(model_id):
+    if not is_hub_id(model_id):
         raise ModelSourceError(f"modelscope:{model_id}: expected modelscope:ORG/NAME")
     kwargs = _modelscope_filter(snapshot_download)
     if revision:
@@ -295,7 +293,7 @@ def build_cache_entry(entry: Path, build: Callable[[Path, Path], dict]) -> Path:
             start = time.perf_counter()
             record = build(work, model_dir)
             record["build_seconds"] = round(time.perf_counter() - start, 1)
-            record["created"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            record["created"] = utc_timestamp()
             record.setdefault("versions", _versions())
             atomic_write_json(model_dir / SOURCE_RECORD, record)
             check_model_folder(model_dir, origin=f"converted {entry.name}")
@@ -319,14 +317,6 @@ def _versions() -> dict:
         except PackageNotFoundError:
             pass
     return out
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _convert(gguf_path: Path, model_dir: Path, dtype: str, tie_from: str | None) -> dict:
