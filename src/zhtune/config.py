@@ -233,3 +233,46 @@ def save_resolved(cfg: BaseModel, out_dir: str | Path, name: str = "config.resol
     text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True)
     atomic_write_text(path, text)
     return path
+
+
+# ----------------------------------------------------------------------------------------------
+# One way for every command to get its config: a path or a shipped name, then flags, then overrides.
+
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def shipped_config(name: str) -> Path:
+    """A config shipped with zhtune (``zhtune/configs/NAME.yaml``), e.g. ``demo-cpu``."""
+    path = SHIPPED_CONFIGS / (name if name.endswith(".yaml") else f"{name}.yaml")
+    if not path.is_file():
+        shipped = ", ".join(sorted(p.stem for p in SHIPPED_CONFIGS.glob("*.yaml")))
+        raise ConfigError(f"{name}: no such config file, and no shipped config of that name; shipped: {shipped}")
+    return path
+
+
+def config_path(config: str | Path) -> Path:
+    """``--config`` as given: an existing file wins; a bare name (no suffix, no folder) is a shipped config."""
+    path = Path(config)
+    if path.exists() or path.suffix or len(path.parts) > 1:
+        return path
+    return shipped_config(str(config))
+
+
+def resolve_config(config: str | Path | None, flags: dict[str, Any] | None = None,
+                   overrides: list[str] | None = None) -> ExperimentConfig:
+    """The config a command runs with: the file or shipped config (or the defaults), then the
+    command's flags (``{"train.max_steps": 20}``; None means "not given"), then ``key=value`` overrides,
+    each later one winning."""
+    flag_overrides = [f"{key}={_override_text(value)}" for key, value in (flags or {}).items()
+                      if value is not None]
+    path = config_path(config) if config is not None else None
+    return load_config(path, flag_overrides + list(overrides or []))
+
+
+def _override_text(value: Any) -> str:
+    """A flag's value as override text that parses back to the same value (lists, paths, bools)."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple, dict, bool)) or value is None:
+        return json.dumps(value if not isinstance(value, tuple) else list(value), ensure_ascii=False)
+    return str(value)

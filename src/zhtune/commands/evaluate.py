@@ -62,9 +62,9 @@ def compose_data_dir(data_dir: str | None, overrides: dict[str, str | None], out
 
 def _resolve_configs(config: str | None, flags: dict, eval_flags: dict, data_dir: str | None):
     """The model and eval sections: the config file's (or the defaults), then the flags."""
-    from zhtune.config import config_from_dict, config_to_dict, load_config
+    from zhtune.config import config_from_dict, config_to_dict, resolve_config
 
-    cfg = load_config(config)
+    cfg = resolve_config(config)
     raw = config_to_dict(cfg)
     raw["model"].update({k: v for k, v in flags.items() if v is not None})
     raw["eval"].update({k: v for k, v in eval_flags.items() if v is not None})

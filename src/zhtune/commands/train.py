@@ -9,21 +9,14 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console()
-_SHIPPED = Path(__file__).resolve().parents[1] / "configs"
 
 
 def _config(config: str | None, overrides: list[str], flags: dict[str, object]):
     """The experiment config: file (or a shipped config's name, or defaults), then flags, then
     ``key=value`` overrides."""
-    from zhtune.config import load_config
+    from zhtune.config import resolve_config
 
-    path = None
-    if config is not None:
-        path = Path(config)
-        if not path.exists() and not path.suffix and (_SHIPPED / f"{config}.yaml").exists():
-            path = _SHIPPED / f"{config}.yaml"
-    flag_overrides = [f"{key}={value}" for key, value in flags.items() if value is not None]
-    return load_config(path, flag_overrides + list(overrides or []))
+    return resolve_config(config, flags, overrides)
 
 
 def _counts_table(manifest: dict, out: Path) -> Table:

@@ -1,0 +1,42 @@
+"""One way to resolve a config for every command: a path or a shipped name, then flags, then overrides."""
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from zhtune.cli import app
+from zhtune.config import ConfigError, config_path, load_config, resolve_config, shipped_config
+from zhtune.io import read_json
+
+
+def test_shipped_name_path_and_precedence(tmp_path):
+    demo = resolve_config("demo-cpu")
+    assert demo == load_config(shipped_config("demo-cpu"))
+    assert config_path("demo-cpu") == shipped_config("demo-cpu")
+    own = tmp_path / "demo-cpu"  # an existing file of that name wins over the shipped config
+    own.write_text("train:\n  max_steps: 7\n")
+    assert config_path(own) == own and resolve_config(own).train.max_steps == 7
+    # flags over the file, overrides over the flags; None means "flag not given"
+    cfg = resolve_config("demo-cpu", {"train.max_steps": 5, "lora.rank": None}, ["train.max_steps=9"])
+    assert cfg.train.max_steps == 9 and cfg.lora.rank == demo.lora.rank
+    assert resolve_config("demo-cpu", {"train.max_steps": 5}).train.max_steps == 5
+
+
+def test_unknown_config_names_the_shipped_ones(tmp_path):
+    with pytest.raises(ConfigError, match="demo-cpu"):
+        resolve_config("no-such-config")
+    with pytest.raises(ConfigError, match="no such config file"):
+        resolve_config(tmp_path / "missing.yaml")
+
+
+def test_eval_accepts_a_shipped_config_name(tiny_qwen_dir, shared_data, tmp_path):
+    """`zhtune eval --config demo-cpu` failed where `zhtune train --config demo-cpu` worked."""
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [
+        "eval", "--config", "demo-cpu", "--model", str(tiny_qwen_dir), "--data-dir", str(shared_data),
+        "--output-dir", str(out), "--benchmarks", "mmlu", "--subjects", "astronomy", "--limit", "1",
+        "--shots", "0", "--no-perplexity", "--no-progress"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    summary = read_json(out / "base" / "summary.json")
+    assert summary["benchmarks"]["mmlu"]["n"] == 1
+    assert summary["model"] == str(tiny_qwen_dir)  # the flag over the shipped config's model
