@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from test_benchmarks import FakeHub
 from zhtune.cli import app
-from zhtune.commands import data as data_cmd
+from zhtune.data import download as data_cmd
 from zhtune.data import benchmarks as B
 
 runner = CliRunner()

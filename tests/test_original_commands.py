@@ -30,7 +30,7 @@ def script(name: str, *args: str, cwd: Path, data_dir: Path) -> str:
 
 def test_download_data(tmp_path, monkeypatch):
     """python scripts/download_data.py --output_dir data --belle_sample_size 50000 (hub faked)."""
-    import zhtune.commands.data as data_cmd
+    import zhtune.data.download as data_cmd
 
     monkeypatch.setattr(datasets, "load_dataset", FakeHub(script_repos={"haonan-li/cmmlu"}))
     monkeypatch.setattr(data_cmd, "hub_commit", lambda repo: "sha")
