@@ -9,13 +9,10 @@ from rich.console import Console
 from rich.table import Table
 
 from zhtune.commands import split_list
+from zhtune.data.layout import compose_data_dir
 from zhtune.errors import UserError
 
 console = Console()
-
-# Folders that make up a data folder; --ceval_path / --mmlu_path replace one of them.
-DATA_FOLDERS = ("ceval", "cmmlu", "mmlu", "gsm8k", "belle", "alpaca")
-
 
 def _scales(text: str | None) -> list[float] | None:
     items = split_list(text)
@@ -25,39 +22,6 @@ def _scales(text: str | None) -> list[float] | None:
         return [float(t) for t in items]
     except ValueError:
         raise UserError(f"--adapter-scale: {text!r} is not a comma-separated list of numbers") from None
-
-
-def _benchmark_folder(name: str, path: str) -> Path:
-    """``--ceval_path``: the benchmark's own folder (dev/ val/ ...) or the data folder holding it."""
-    p = Path(path).expanduser().resolve()
-    if (p / name).is_dir():
-        return p / name
-    if any((p / split).is_dir() for split in ("dev", "val", "test")):
-        return p
-    raise UserError(f"--{name}_path {path}: neither a {name} folder (dev/ val/ test/) nor a data "
-                    f"folder with {name}/ in it")
-
-
-def compose_data_dir(data_dir: str | None, overrides: dict[str, str | None], out_dir: Path) -> str | None:
-    """The data folder to use: ``data_dir`` itself, or, when single benchmarks come from elsewhere,
-    ``OUT/data-links/`` with one link per benchmark (kept, so the resolved config stays valid)."""
-    overrides = {k: v for k, v in overrides.items() if v}
-    if not overrides:
-        return data_dir
-    from zhtune.io import default_data_dir
-
-    base = default_data_dir(data_dir)
-    links = out_dir / "data-links"
-    links.mkdir(parents=True, exist_ok=True)
-    for name in DATA_FOLDERS:
-        target = _benchmark_folder(name, overrides[name]) if name in overrides else (
-            base / name if base is not None and (base / name).is_dir() else None)
-        link = links / name
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        if target is not None:
-            link.symlink_to(target.resolve(), target_is_directory=True)
-    return str(links)
 
 
 def _resolve_configs(config: str | None, flags: dict, eval_flags: dict, data_dir: str | None):
@@ -82,7 +46,9 @@ def print_results(out: Path, index: dict) -> None:
     for run in index["runs"]:
         summary = read_json(out / run["dir"] / "summary.json")
         for b, entry in summary["benchmarks"].items():
-            extra = f" (strict {entry['accuracy_strict'] * 100:.1f})" if b == "gsm8k" else ""
+            extra = (f" (strict {entry['accuracy_strict'] * 100:.1f})" if "accuracy_strict" in entry
+                     else f" acc_norm (acc {entry['accuracy_unnormalized'] * 100:.1f})"
+                     if "accuracy_unnormalized" in entry else "")
             table.add_row(run["label"], b, f"{entry['accuracy'] * 100:.1f}%{extra}",
                           f"{entry['stderr'] * 100:.1f}", str(entry["n"]))
         for lang, p in (summary.get("perplexity") or {}).items():
@@ -133,6 +99,15 @@ def register(app: typer.Typer) -> None:
             help="Wrap prompts in the model's chat template."),
         max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", "--max_new_tokens", min=1,
             help="GSM8K generation length (default 256)."),
+        style: Optional[str] = typer.Option(None, "--style",
+            help="Prompt style: lm-eval (default; lm-evaluation-harness 0.4.13's tasks, character for "
+                 "character) or official (the C-Eval / CMMLU / MMLU authors' code and aggregation)."),
+        formulation: Optional[str] = typer.Option(None, "--formulation",
+            help="Multiple choice: letter (default), cloze (each option's text by log-likelihood, "
+                 "reported as acc_norm and acc) or both (cloze under <benchmark>_cloze)."),
+        write_prompts: Optional[bool] = typer.Option(None, "--write-prompts/--no-write-prompts",
+            help="Write prompts.jsonl beside predictions.jsonl: the exact context and scored "
+                 "continuations (GSM8K: stop strings) of every question."),
         no_perplexity: bool = typer.Option(False, "--no-perplexity",
             help="Skip the zh/en bits-per-character probes."),
         data_dir: Optional[str] = typer.Option(None, "--data-dir", "--data_dir",
@@ -159,6 +134,7 @@ def register(app: typer.Typer) -> None:
         eval_flags = {"benchmarks": split_list(benchmarks), "subjects": split_list(subjects),
                       "limit": limit, "shots": shots, "gsm8k_shots": gsm8k_shots, "gsm8k_cot": gsm8k_cot,
                       "batch_size": batch_size, "chat": chat, "max_new_tokens": max_new_tokens,
+                      "style": style, "formulation": formulation, "write_prompts": write_prompts,
                       "perplexity": False if no_perplexity else None,
                       "adapter_scales": _scales(adapter_scale)}
         paths = {"ceval": ceval_path, "mmlu": mmlu_path}
@@ -167,7 +143,7 @@ def register(app: typer.Typer) -> None:
             eval_flags["benchmarks"] = [b for b, p in paths.items() if p]
             eval_flags["perplexity"] = False
         model_cfg, eval_cfg, data = _resolve_configs(config, model_flags, eval_flags, data_dir)
-        data = compose_data_dir(data, paths, out)
+        data = compose_data_dir(data, paths, out)  # --ceval_path and friends
         index = run_eval(model_cfg, eval_cfg, out, data_dir=data, adapters=list(adapter or []),
                          scales=eval_cfg.adapter_scales, include_base=not (no_base and adapter),
                          progress=not quiet_progress)
