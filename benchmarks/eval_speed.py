@@ -10,6 +10,9 @@ order, i.e. whole subjects), this compares
   has the highest log-probability wins.
 
 Both pick the argmax of the same next-token letter logits, so the predictions should be identical.
+The same questions are then scored in the cloze formulation (``score_cloze``: each option's text
+by log-likelihood, sharing the same prefix cache); its time over zhtune's letter time is the cloze
+cost ratio (target <= 2x).
 
 Model-FLOPs utilisation (MFU) = 2 x non-embedding parameters x tokens processed / time, against the
 machine's fp32 (or the model's dtype) matmul peak measured in the same run with a large torch.mm.
@@ -29,7 +32,7 @@ from rich.table import Table
 
 from zhtune.data.benchmarks import LETTERS, few_shot_examples, load_benchmark
 from zhtune.data.prompts import choice_prompt, encode_prompt
-from zhtune.eval.choice import letter_token_ids, score_choice
+from zhtune.eval.choice import letter_token_ids, score_choice, score_cloze
 from zhtune.models.loading import load_model
 
 
@@ -111,6 +114,8 @@ def main():
     ap.add_argument("--batch-size", type=int, default=8, help="Sequences per forward pass (both).")
     ap.add_argument("--data-dir", default=None, help="Local data folder (default ZHTUNE_DATA_DIR).")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's).")
+    ap.add_argument("--no-plain", action="store_true",
+                    help="Skip the plain scorer (minutes): only zhtune's letter and cloze times.")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -133,27 +138,42 @@ def main():
     tokens_ours, padded_ours = counter.tokens, counter.padded
     counter.reset()
     t0 = time.perf_counter()
-    plain = plain_scores(model, tok, questions, args.shots, args.data_dir, args.batch_size)
+    plain = (None if args.no_plain
+             else plain_scores(model, tok, questions, args.shots, args.data_dir, args.batch_size))
     t_plain = time.perf_counter() - t0
     tokens_plain, padded_plain = counter.tokens, counter.padded
+    counter.reset()
+    score_cloze(model, tok, questions[:2], shots=args.shots, data_dir=args.data_dir, progress=False)
+    counter.reset()
+    t0 = time.perf_counter()
+    cloze = score_cloze(model, tok, questions, shots=args.shots, data_dir=args.data_dir,
+                        batch_size=args.batch_size, progress=False)
+    t_cloze = time.perf_counter() - t0
+    tokens_cloze, padded_cloze = counter.tokens, counter.padded
     peak = measure_peak(device, dtype)
 
-    same = sum(a.pred == b for a, b in zip(ours, plain))
+    same = sum(a.pred == b for a, b in zip(ours, plain or []))
     fallbacks = sum(not p.used_cache for p in ours)
     table = Table(title=f"{args.benchmark} {args.shots}-shot, {len(questions)} questions "
                         f"({n_subjects} subjects), {args.model} ({dtype}, {device}, "
                         f"{torch.get_num_threads()} threads)")
     for col in ("scorer", "seconds", "questions/s", "tokens", "padding", "TFLOP/s", "MFU"):
         table.add_column(col, justify="left" if col == "scorer" else "right")
-    for name, t, tokens, padded in (("zhtune", t_ours, tokens_ours, padded_ours),
-                                    ("plain (4 seqs/question)", t_plain, tokens_plain, padded_plain)):
+    rows = [("zhtune", t_ours, tokens_ours, padded_ours),
+            ("plain (4 seqs/question)", t_plain, tokens_plain, padded_plain),
+            ("zhtune cloze", t_cloze, tokens_cloze, padded_cloze)]
+    for name, t, tokens, padded in rows[::2] if plain is None else rows:
         flops = 2 * params * tokens / t
         table.add_row(name, f"{t:.1f}", f"{len(questions) / t:.2f}", f"{tokens:,}",
                       f"{(padded - tokens) / padded:.0%}", f"{flops / 1e12:.3f}", f"{flops / peak:.0%}")
     console = Console()
     console.print(table)
-    console.print(f"speed-up: {t_plain / t_ours:.1f}x (target >= 4x)   identical predictions: "
-                  f"{same}/{len(questions)}   prefix-cache fallbacks: {fallbacks}")
+    if plain is not None:
+        console.print(f"speed-up: {t_plain / t_ours:.1f}x (target >= 4x)   identical predictions: "
+                      f"{same}/{len(questions)}   prefix-cache fallbacks: {fallbacks}")
+    console.print(f"cloze / letter time: {t_cloze / t_ours:.2f}x (target <= 2x)   cloze acc "
+                  f"{sum(p.correct for p in cloze) / len(cloze):.3f}, acc_norm "
+                  f"{sum(p.correct_norm for p in cloze) / len(cloze):.3f}")
     console.print(f"measured matmul peak ({dtype}, 2048^3 torch.mm): {peak / 1e12:.3f} TFLOP/s   "
                   f"non-embedding params: {params / 1e6:.1f} M   "
                   f"accuracy: {sum(p.correct for p in ours) / len(ours):.3f}")

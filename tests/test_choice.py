@@ -50,9 +50,11 @@ def test_letter_tokens_llama(tiny_llama_dir):
     def tokens(b):
         return tok.convert_ids_to_tokens(list(letter_token_ids(tok, b).values()))
 
-    assert tokens("ceval") == ["A", "B", "C", "D"]  # 答案：A -- no word-start marker
-    assert tokens("cmmlu") == ["A", "B", "C", "D"]
-    assert tokens("mmlu") == ["▁A", "▁B", "▁C", "▁D"]  # Answer: A -- SentencePiece space marker
+    assert tokens("ceval") == ["▁A", "▁B", "▁C", "▁D"]  # lm-eval: 答案： A -- SentencePiece space marker
+    assert tokens("cmmlu") == ["▁A", "▁B", "▁C", "▁D"]
+    assert tokens("mmlu") == ["▁A", "▁B", "▁C", "▁D"]  # Answer: A
+    official = tok.convert_ids_to_tokens(list(letter_token_ids(tok, "ceval", "official").values()))
+    assert official == ["A", "B", "C", "D"]  # C-Eval's own code: 答案：A -- no word-start marker
 
 
 def test_letter_tokens_qwen(tiny_qwen_dir):
@@ -61,8 +63,10 @@ def test_letter_tokens_qwen(tiny_qwen_dir):
     def tokens(b):
         return tok.convert_ids_to_tokens(list(letter_token_ids(tok, b).values()))
 
-    assert tokens("ceval") == ["A", "B", "C", "D"]
-    assert tokens("mmlu") == ["ĠA", "ĠB", "ĠC", "ĠD"]  # byte-level BPE space marker
+    assert tokens("ceval") == ["ĠA", "ĠB", "ĠC", "ĠD"]  # byte-level BPE space marker
+    assert tokens("mmlu") == ["ĠA", "ĠB", "ĠC", "ĠD"]
+    official = tok.convert_ids_to_tokens(list(letter_token_ids(tok, "cmmlu", "official").values()))
+    assert official == ["A", "B", "C", "D"]  # 答案是：A
 
 
 def test_letter_token_that_merges_is_an_error(tiny_qwen_dir, monkeypatch):
@@ -70,7 +74,7 @@ def test_letter_token_that_merges_is_an_error(tiny_qwen_dir, monkeypatch):
     from zhtune.errors import UserError
 
     tok = load_tokenizer(tiny_qwen_dir)
-    monkeypatch.setattr(prompts, "answer_continuation", lambda b, letter: f" {letter}{letter}xyz")
+    monkeypatch.setattr(prompts, "answer_continuation", lambda b, letter, style=None: f" {letter}{letter}xyz")
     with pytest.raises(UserError, match="as one token"):
         letter_token_ids(tok, "mmlu")
 
@@ -239,3 +243,48 @@ def test_out_of_memory_with_one_question_is_raised():
     with pytest.raises(torch.OutOfMemoryError):
         limit.run([choice._Item(i, [1]) for i in range(4)], forward)
     assert limit.size == 1
+
+
+# ----------------------------------------------------------------------------- cloze
+
+@pytest.mark.parametrize("chat", [False, True])
+@pytest.mark.parametrize("shots", [0, 2])
+def test_cloze_cached_equals_uncached(tiny, shared_data, shots, chat):
+    _, model, tok, family = tiny
+    qs = questions(shared_data, per_subject=2)
+    cached = choice.score_cloze(model, tok, qs, shots=shots, data_dir=shared_data, batch_size=3,
+                                chat=chat, family=family, progress=False)
+    full = choice.score_cloze(model, tok, qs, shots=shots, data_dir=shared_data, batch_size=3,
+                              chat=chat, family=family, use_cache=False, progress=False)
+    assert all(p.used_cache for p in cached) and not any(p.used_cache for p in full)
+    for a, b in zip(cached, full):
+        assert a.loglikelihoods == pytest.approx(b.loglikelihoods, abs=1e-3)
+        assert all(ll < 0 for ll in a.loglikelihoods)
+    assert [p.pred_norm for p in cached] == [p.pred_norm for p in full]
+
+
+def test_cloze_matches_plain_forward(tiny, shared_data):
+    """Reference: each full context + option text through model(...), summing the option tokens'
+    log-probabilities; acc_norm divides by the option's characters."""
+    from zhtune.data.benchmarks import few_shot_examples
+    from zhtune.data.prompts import choice_prompt, continuations
+
+    _, model, tok, _ = tiny
+    qs = questions(shared_data, per_subject=1)
+    preds = choice.score_cloze(model, tok, qs, shots=1, data_dir=shared_data, batch_size=2, progress=False)
+    for q, p in zip(qs, preds):
+        context = choice_prompt(q.benchmark, q.subject, few_shot_examples(q.benchmark, q.subject, 1, shared_data),
+                                q, formulation="cloze")
+        ctx = tok(context)["input_ids"]
+        ref = []
+        for cont in continuations(q.benchmark, q, formulation="cloze"):
+            whole = tok(context + cont)["input_ids"]
+            ids = torch.tensor([ctx + whole[len(ctx):]])
+            with torch.no_grad():
+                logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
+            ref.append(sum(float(logp[i - 1, ids[0, i]]) for i in range(len(ctx), ids.shape[1])))
+        assert p.loglikelihoods == pytest.approx(ref, abs=1e-3)
+        assert p.lengths == [len(c) for c in q.choices]  # option texts; no target delimiter
+        norm = [ll / n for ll, n in zip(ref, p.lengths)]
+        assert p.pred_norm == LETTERS[norm.index(max(norm))]
+        assert p.pred == LETTERS[ref.index(max(ref))]

@@ -1,81 +1,155 @@
-"""GSM8K generation: answer extraction, stop strings, and batched greedy == one-by-one greedy."""
+"""GSM8K generation: lm-eval's answer scoring, stop strings, and batched greedy == one-by-one greedy."""
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 import torch
 
 from zhtune.data.benchmarks import Question
+from zhtune.data.specs import load_spec
 from zhtune.eval import generation as G
-from zhtune.eval.generation import (cut_at_stop, extract_flexible, extract_strict, generate_greedy,
-                                    gsm8k_gold, normalize_number, score_generation)
+from zhtune.eval.generation import cut_at_stop, generate_greedy, score_generation
+from zhtune.eval.gsm8k_lmeval import exact_match, regex_filter, seeded_draws
+
+# ----------------------------------------------------------------------------- lm-eval's scoring
+
+SOLUTION = "She makes 9 * 2 = $<<9*2=18>>18 every day.\n#### 18"
+
+# (generation, strict-match output, strict correct, flexible-extract output, flexible correct),
+# all scored against SOLUTION as lm-eval 0.4.13 scores them (checked against lm-eval below).
+TRICKY = [
+    (" 9 * 2 = 18\n#### 18", "18", True, "18", True),
+    (" so\n####18", "[invalid]", False, "18", True),  # strict-match needs the space
+    (" so\n#### $18", "[invalid]", False, "$18", True),  # '$' is not in the strict pattern
+    (" The answer is 18.", "[invalid]", False, "18.", True),  # '.$' is ignored, not the words
+    (" #### 18.00", "18.00", False, "18.00", False),  # no numeric comparison: 18.00 != 18
+    (" 18.00", "[invalid]", False, "18.00", False),
+    (" #### 18.\n\nmore", "18.", True, "18.", True),
+    (" #### 1,8", "1,8", True, "1,8", True),  # commas are ignored wherever they are
+    (" #### 18 and later #### 19", "18", True, "19", False),  # strict: first; flexible: last
+    (" It is 18 dollars, not 17", "[invalid]", False, "17", False),
+    (" #### -18", "-18", False, "-18", False),
+    (" 1 8", "[invalid]", False, "8", False),  # single digits match the second group only
+    (" ...", "[invalid]", False, "...", False),
+    (" 18,", "[invalid]", False, "18,", True),
+    ("", "[invalid]", False, "[invalid]", False),
+    (" THE ANSWER IS #### 18", "18", True, "18", True),
+]
 
 
-# ----------------------------------------------------------------------------- numbers
+def _lm_eval_scores(generation: str, solution: str) -> tuple[str, bool, str, bool]:
+    """The generation through lm-eval's own filters and exact_match, configured from its gsm8k.yaml."""
+    from pathlib import Path
 
-@pytest.mark.parametrize("raw, want", [
-    ("1,234", "1234"), ("$1,234.50", "1234.5"), ("72.0", "72"), ("72", "72"), ("72.", "72"),
-    ("+5", "5"), ("-3", "-3"), ("-$5", "-5"), ("$ 18", "18"), ("0.50", "0.5"), (".5", "0.5"),
-    ("-0", "0"), ("1,000,000", "1000000"), (" 42 ", "42"), ("abc", "abc"),
+    import lm_eval
+    import yaml
+    from lm_eval.api.metrics import exact_match_hf_evaluate
+    from lm_eval.filters.extraction import RegexFilter
+    from lm_eval.filters.selection import TakeFirstFilter
+
+    task = yaml.safe_load((Path(lm_eval.__file__).parent / "tasks/gsm8k/gsm8k.yaml").read_text())
+    metric = {k: v for k, v in task["metric_list"][0].items()
+              if k not in ("metric", "aggregation", "higher_is_better")}
+    out = []
+    for pipeline in task["filter_list"]:
+        regex = {k: v for k, v in pipeline["filter"][0].items() if k != "function"}
+        filtered = list(TakeFirstFilter().apply(RegexFilter(**regex).apply([[generation]], [None]), [None]))[0]
+        score = exact_match_hf_evaluate(predictions=[filtered], references=[solution], **metric)
+        out += [filtered, bool(score["exact_match"])]
+    return tuple(out)
+
+
+@pytest.mark.parametrize("generation, strict, strict_ok, flexible, flexible_ok", TRICKY)
+def test_scoring_equals_lm_eval(generation, strict, strict_ok, flexible, flexible_ok):
+    q = Question("gsm8k", "main", "Math", "test", "0", "How much?", (), SOLUTION)
+    p = score_generation(q, generation)
+    ours = (p.extracted_strict, p.correct_strict, p.extracted_flexible, p.correct)
+    assert ours == (strict, strict_ok, flexible, flexible_ok)
+    assert ours == _lm_eval_scores(generation, SOLUTION)
+    assert p.gold == "18"
+
+
+def test_cot_strict_match_reads_the_answer_is():
+    """--gsm8k-cot exemplars end 'The answer is N.': strict-match uses lm-eval gsm8k-cot's regex,
+    quirks included (its final '.' is any character, so a bare 'is 18' keeps only '1')."""
+    q = Question("gsm8k", "main", "Math", "test", "0", "How much?", (), SOLUTION)
+    assert (score_generation(q, " So 18. The answer is 18.", cot=True).extracted_strict,
+            score_generation(q, " So 18. The answer is 18.", cot=True).correct_strict) == ("18", True)
+    assert score_generation(q, " The answer is 18", cot=True).extracted_strict == "1"
+    assert score_generation(q, " The answer is 18.").extracted_strict == "[invalid]"  # not in n-shot
+
+
+@pytest.mark.parametrize("solution", ["x\n#### 1,234", "#### -3", "a #### 5 #### 6", "#### 72\n",
+                                      "#### 7.50", "no marker 12"])
+def test_reference_normalisation_equals_lm_eval(solution):
+    for generation in (" #### 1234", " #### -3", " #### 6", " #### 72", " 7.5", " 12", " #### 5 #### 6"):
+        q = Question("gsm8k", "main", "Math", "test", "0", "?", (), solution)
+        p = score_generation(q, generation)
+        assert (p.extracted_strict, p.correct_strict, p.extracted_flexible, p.correct) == \
+            _lm_eval_scores(generation, solution)
+
+
+@pytest.mark.parametrize("options", [
+    dict(regexes_to_ignore=[",", r"\$", "(?s).*#### ", r"\.$"], ignore_case=True),
+    dict(ignore_punctuation=True), dict(ignore_numbers=True), dict(ignore_case=False),
 ])
-def test_normalize_number(raw, want):
-    assert normalize_number(raw) == want
+def test_exact_match_options_equal_lm_eval(options):
+    from lm_eval.api.metrics import exact_match_hf_evaluate
+
+    pairs = [("Abc", "abc"), ("1,000", "1000"), ("a.b", "ab"), ("x1", "x2"), ("18\x00", "18"),
+             ("18.\n", "18"), ("$5", "5"), ("#### 4", "4"), ("4 ", "4")]
+    for prediction, reference in pairs:
+        want = exact_match_hf_evaluate(predictions=[prediction], references=[reference], **options)
+        assert exact_match(prediction, reference, **options) == bool(want["exact_match"]), \
+            (prediction, reference)
 
 
-def test_gsm8k_gold():
-    assert gsm8k_gold("Natalia sold 48/2 = <<48/2=24>>24 clips.\n#### 72") == "72"
-    assert gsm8k_gold("a\n#### 1,234") == "1234"
-    assert gsm8k_gold("#### -3") == "-3"
-    assert gsm8k_gold("x #### 5 #### 6") == "6"  # the last '####'
+def test_regex_filter_groups_and_fallback():
+    assert regex_filter("a 12 b 345", r"(\d+)", 0) == "12"
+    assert regex_filter("a 12 b 345", r"(\d+)", -1) == "345"
+    assert regex_filter("x 7", r"(-?[$0-9.,]{2,})|(-?[0-9]+)", -1) == "7"  # the second group
+    assert regex_filter("nothing", r"(\d+)", 0) == "[invalid]"
+    assert regex_filter("nothing", r"(\d+)", 0, fallback="?") == "?"
+
+
+def test_seeded_draws_equal_lm_eval_sampler():
+    from lm_eval.api.samplers import ContextSampler
+
+    docs = [{"i": i} for i in range(50)]
+    sampler = ContextSampler(docs, rnd=None)
+    sampler.set_rnd(1234)
+    theirs = [[d["i"] for d in sampler.sample(5)] for _ in range(30)]
+    assert seeded_draws(50, 5, 1234, 30) == theirs
+    assert len({tuple(d) for d in theirs}) == 30  # every question its own draw
+    assert seeded_draws(50, 0, 1234, 3) == [[], [], []]
+    assert seeded_draws(50, 5, 1234, 10) == theirs[:10]  # a prefix is drawn the same
     with pytest.raises(ValueError):
-        gsm8k_gold("no final answer marker 12")
+        seeded_draws(4, 5, 1234, 1)
 
 
-@pytest.mark.parametrize("text, want", [
-    (" She makes 16 - 3 - 4 = 9 eggs.\n#### 18\n\n", "18"),
-    ("#### $1,234.00", "1234"),
-    ("####-3", "-3"),
-    ("So 5 + 4 = 9. The answer is 9.", "9"),  # chain-of-thought format
-    ("The answer is $1,000.", "1000"),
-    ("#### 7 and later #### 8", "7"),  # the first one: the model's own answer
-    ("I think it is 72", None),  # a number, but no marker
-    ("no number at all", None),
-    ("", None),
-])
-def test_extract_strict(text, want):
-    assert extract_strict(text) == want
+def test_spec_holds_lm_eval_gsm8k_task():
+    from pathlib import Path
 
+    import lm_eval
+    import yaml
 
-@pytest.mark.parametrize("text, want", [
-    ("I have 3 apples and 4 pears, so 7 fruits.", "7"),  # several numbers: the last
-    ("It costs $1,234.50 in total.", "1234.5"),
-    ("The temperature fell to -3 degrees", "-3"),
-    ("48/2 = <<48/2=24>>24 clips", "24"),
-    ("half is 0.5", "0.5"),
-    ("The answer is 72.0.", "72"),
-    ("#### 1,000\n\n", "1000"),
-    ("no number at all", None),
-    ("", None),
-])
-def test_extract_flexible(text, want):
-    assert extract_flexible(text) == want
-
-
-def _gsm8k_question(answer="He had 2 + 3 = 5.\n#### 5") -> Question:
-    return Question("gsm8k", "main", "Math", "test", "0", "How many?", (), answer)
-
-
-def test_score_generation_strict_vs_flexible():
-    q = _gsm8k_question("#### 1,234")
-    both = score_generation(q, " 1000 + 234 = 1234\n#### 1,234")
-    assert (both.gold, both.extracted_strict) == ("1234", "1234")
-    assert both.correct_strict and both.correct
-    flexible_only = score_generation(q, " so she has $1,234.00")
-    assert flexible_only.extracted_strict is None and not flexible_only.correct_strict
-    assert flexible_only.extracted_flexible == "1234" and flexible_only.correct
-    strict_only = score_generation(q, "#### 1234 because 5 - 1 = 4")
-    assert strict_only.correct_strict and not strict_only.correct
-    neither = score_generation(q, "I do not know")
-    assert (neither.extracted_strict, neither.extracted_flexible, neither.correct) == (None, None, False)
+    task = yaml.safe_load((Path(lm_eval.__file__).parent / "tasks/gsm8k/gsm8k.yaml").read_text())
+    rules = load_spec("gsm8k").generation
+    assert rules.until == task["generation_kwargs"]["until"]
+    strict, flexible = (p["filter"] for p in task["filter_list"])
+    assert (rules.strict.regex, rules.strict.group_select) == (strict[0]["regex_pattern"], 0)
+    assert (rules.flexible.regex, rules.flexible.group_select) == \
+        (flexible[0]["regex_pattern"], flexible[0]["group_select"])
+    assert [f["function"] for f in strict + flexible] == ["regex", "take_first"] * 2
+    metric = task["metric_list"][0]
+    assert rules.exact_match.regexes_to_ignore == metric["regexes_to_ignore"]
+    assert (rules.exact_match.ignore_case, rules.exact_match.ignore_punctuation) == \
+        (metric["ignore_case"], metric["ignore_punctuation"])
+    form = load_spec("gsm8k").formulation("lm-eval", "generate")
+    assert (form.target_delimiter, form.fewshot_delimiter) == (" ", "\n\n")  # lm-eval's defaults
+    assert task["num_fewshot"] == 5 and "fewshot_config" not in task  # default sampler, seed 1234
+    assert rules.fewshot_seed == 1234
 
 
 def test_cut_at_stop():
@@ -134,7 +208,8 @@ def test_batched_greedy_equals_one_by_one(tiny_model_dir, share_prefix, monkeypa
     assert batched == single
     assert len(set(batched)) == len(PROMPTS)  # the outputs really depend on the prompt
     # and both agree with transformers' own greedy decoding
-    reference = [tokenizer.decode(_hf_greedy(model, tokenizer, p, 12)) for p in PROMPTS]
+    reference = [tokenizer.decode(_hf_greedy(model, tokenizer, p, 12), skip_special_tokens=True)
+                 for p in PROMPTS]
     assert batched == reference
 
 
@@ -161,7 +236,42 @@ def test_eos_token_ends_a_sequence(tiny_model_dir):
     model.generation_config.eos_token_id = eos
     out = generate_greedy(model, tokenizer, PROMPTS[:1], stop_strings=[], max_new_tokens=10,
                           progress=False)
-    assert out[0] == tokenizer.decode(tokens[:tokens.index(eos)])
+    assert out[0] == tokenizer.decode(tokens[:tokens.index(eos)], skip_special_tokens=True)
+
+
+def _force_token(model, token_id: int, at_call: int):
+    """Make the ``at_call``-th forward pass (1 = the prefill) pick ``token_id``."""
+    calls = []
+
+    def hook(module, args, output):
+        calls.append(1)
+        if len(calls) == at_call:
+            output.logits[..., token_id] = 1e4
+        return output
+
+    return model.register_forward_hook(hook)
+
+
+def test_special_tokens_stop_as_text_and_are_dropped(tiny_qwen_dir):
+    """As lm-eval's HF backend (batch size 1): a special token spelled as a stop string ends the
+    generation, and special tokens are not part of the returned text."""
+    model, tokenizer = _sharp_model(tiny_qwen_dir)
+    kw = dict(max_new_tokens=6, share_prefix=False, progress=False)
+    plain = _hf_greedy(model, tokenizer, PROMPTS[0], 2)
+    im_end, im_start = (tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|im_start|>"))
+    assert im_end not in plain and im_start not in plain
+    hook = _force_token(model, im_end, at_call=3)  # the 3rd generated token is <|im_end|>
+    try:
+        stopped = generate_greedy(model, tokenizer, PROMPTS[:1], stop_strings=["<|im_end|>"], **kw)
+    finally:
+        hook.remove()
+    assert stopped == [tokenizer.decode(plain, skip_special_tokens=True)]
+    hook = _force_token(model, im_start, at_call=3)  # not a stop: generation goes on without it
+    try:
+        kept = generate_greedy(model, tokenizer, PROMPTS[:1], stop_strings=["<|im_end|>"], **kw)[0]
+    finally:
+        hook.remove()
+    assert "<|im_start|>" not in kept and kept.startswith(stopped[0]) and len(kept) > len(stopped[0])
 
 
 def test_finished_sequences_leave_the_batch(tiny_llama_dir):
@@ -222,25 +332,63 @@ def test_max_new_tokens_and_empty_input(tiny_qwen_dir):
 
 # ----------------------------------------------------------------------------- GSM8K
 
-def test_gsm8k_prompts_match_the_harness_layout(tiny_qwen_dir, shared_data):
-    from zhtune.data.benchmarks import few_shot_examples, load_benchmark
-    from zhtune.models.families import get_family
-
+def test_gsm8k_prompts_use_lm_eval_seeded_exemplars(tiny_qwen_dir, shared_data):
     from transformers import AutoTokenizer
 
+    from zhtune.data.benchmarks import load_benchmark
+    from zhtune.data.prompts import gsm8k_exemplars
+    from zhtune.models.families import get_family
+
     tokenizer = AutoTokenizer.from_pretrained(tiny_qwen_dir)
-    q = load_benchmark("gsm8k", "test", shared_data)[0]
-    shots = few_shot_examples("gsm8k", "main", 2, data_dir=shared_data)
+    train = load_benchmark("gsm8k", "train", shared_data)
+    test = load_benchmark("gsm8k", "test", shared_data)
+    q = test[0]
+    shots = gsm8k_exemplars([q], 2, data_dir=shared_data)[0]
+    assert shots == [train[j] for j in seeded_draws(len(train), 2, 1234, 1)[0]]
     prompt = G.gsm8k_prompts(tokenizer, None, [q], shots=2, data_dir=shared_data)[0]
     assert prompt == "".join(f"Question: {s.question}\nAnswer: {s.answer}\n\n" for s in shots) + \
         f"Question: {q.question}\nAnswer:"
+    # A subset gets the exemplars a full run gives: test question i, the i-th draw.
+    full = gsm8k_exemplars(test[:8], 5, data_dir=shared_data)
+    assert gsm8k_exemplars([test[7], test[3]], 5, data_dir=shared_data) == [full[7], full[3]]
+    assert len({tuple(s.key for s in x) for x in full}) == 8
+    with pytest.raises(ValueError, match="not a question"):
+        gsm8k_exemplars([replace(q, id="999999")], 5, data_dir=shared_data)
     cot = G.gsm8k_prompts(tokenizer, None, [q], shots=5, cot=True, data_dir=shared_data)[0]
     assert cot.count("The answer is") == 8 and cot.endswith(f"Question: {q.question}\nAnswer:")
     family = get_family("qwen2-instruct")
     chat = G.gsm8k_prompts(tokenizer, family, [q], shots=0, chat=True, data_dir=shared_data)[0]
     assert chat.startswith("<|im_start|>") and chat.endswith("<|im_start|>assistant\nAnswer:")
-    stops = G.gsm8k_stop_strings(tokenizer, family)
-    assert {"Question:", "<|im_end|>", "<|endoftext|>"} <= set(stops)
+
+
+def test_gsm8k_first_n_sampler(monkeypatch, shared_data):
+    from types import SimpleNamespace
+
+    from zhtune.data import prompts as P
+    from zhtune.data.benchmarks import few_shot_examples, load_benchmark
+
+    monkeypatch.setattr(P, "_gsm8k_style", lambda style: SimpleNamespace(fewshot_sampler="first_n"))
+    test = load_benchmark("gsm8k", "test", shared_data)
+    first = few_shot_examples("gsm8k", "main", 3, data_dir=shared_data)
+    assert P.gsm8k_exemplars(test[5:7], 3, data_dir=shared_data) == [first, first]
+
+
+def test_gsm8k_stops_are_until_and_eos_only(tiny_qwen_dir):
+    from transformers import AutoTokenizer
+
+    from zhtune.models.families import get_family
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_qwen_dir)
+    family = get_family("qwen2-instruct")
+    assert G.gsm8k_stop_strings(tokenizer, family) == ["Question:", "</s>", "<|im_end|>"]  # EOS <|im_end|>
+    tokenizer.eos_token = "<|endoftext|>"  # a base Qwen's EOS is added, as lm-eval adds it
+    assert G.gsm8k_stop_strings(tokenizer, family) == ["Question:", "</s>", "<|im_end|>", "<|endoftext|>"]
+    for name, family_stop in (("llama2", "### Instruction:"), ("llama2-chat", "[INST]")):
+        family = get_family(name)
+        assert family_stop in family.stop_strings
+        assert family_stop not in G.gsm8k_stop_strings(tokenizer, family)  # lm-eval keeps such text
+        # In a chat template the family's turn ends stop too.
+        assert family_stop in G.gsm8k_stop_strings(tokenizer, family, chat=True)
 
 
 @pytest.mark.parametrize("chat", [False, True])
@@ -254,18 +402,20 @@ def test_evaluate_gsm8k_end_to_end(tiny_model_dir, shared_data, chat):
                              data_dir=shared_data, batch_size=2, max_new_tokens=8, chat=chat,
                              progress=False)
     assert [p.question for p in preds] == questions
-    assert [p.gold for p in preds] == [gsm8k_gold(q.answer) for q in questions]
+    assert [p.gold for p in preds] == [q.answer.rsplit("#### ", 1)[1] for q in questions]
+    rules = load_spec("gsm8k").generation
     for p in preds:
         assert "Question:" not in p.generation
-        assert p.extracted_flexible == extract_flexible(p.generation)
-        assert p.correct == (p.extracted_flexible == p.gold)
+        assert p.extracted_flexible == regex_filter(p.generation, rules.flexible.regex, -1)
+        assert p.correct == exact_match(p.extracted_flexible, p.question.answer,
+                                        **rules.exact_match.model_dump())
 
 
 def test_evaluate_gsm8k_scores_what_was_generated(monkeypatch, shared_data):
     from zhtune.data.benchmarks import load_benchmark
 
     questions = load_benchmark("gsm8k", "test", shared_data)[:3]
-    golds = [gsm8k_gold(q.answer) for q in questions]
+    golds = [q.answer.rsplit("#### ", 1)[1] for q in questions]
     seen = {}
 
     def fake_generate(model, tokenizer, prompts, *, stop_strings, **kw):
@@ -277,4 +427,4 @@ def test_evaluate_gsm8k_scores_what_was_generated(monkeypatch, shared_data):
                              progress=False)
     assert [(p.correct_strict, p.correct) for p in preds] == [(True, True), (False, True), (False, False)]
     assert seen["prompts"][1] == f"Question: {questions[1].question}\nAnswer:"
-    assert "Question:" in seen["stops"]
+    assert seen["stops"] == ["Question:", "</s>", "<|im_end|>"]  # no tokenizer: no EOS to add

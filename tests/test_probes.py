@@ -27,13 +27,25 @@ def test_round_robin_spreads_over_subjects():
 
 def test_build_probe_set(shared_data):
     probes = build_probe_set(shared_data, ceval_questions=40, mmlu_questions=30, perplexity_chars=2000)
-    assert len(probes.ceval) == 40 and len(probes.mmlu) == 30
-    assert len({q.subject for q in probes.ceval}) == 40  # 52 subjects: one question from each of 40
-    assert len({q.subject for q in probes.mmlu}) == 30
-    assert {q.split for q in probes.ceval} == {"val"} and {q.split for q in probes.mmlu} == {"test"}
+    ceval, mmlu = probes.questions["ceval"], probes.questions["mmlu"]
+    assert len(ceval) == 40 and len(mmlu) == 30
+    assert len({q.subject for q in ceval}) == 40  # 52 subjects: one question from each of 40
+    assert len({q.subject for q in mmlu}) == 30
+    assert {q.split for q in ceval} == {"val"} and {q.split for q in mmlu} == {"test"}
     assert sum(map(len, probes.zh_texts)) == sum(map(len, probes.en_texts)) == 2000
     again = build_probe_set(shared_data, ceval_questions=40, mmlu_questions=30, perplexity_chars=2000)
-    assert [q.key for q in again.ceval + again.mmlu] == [q.key for q in probes.ceval + probes.mmlu]
+    assert again.questions == probes.questions
+
+
+def test_probe_set_of_any_benchmarks(shared_data):
+    probes = build_probe_set(shared_data, questions={"cmmlu": 5, "gsm8k": 2}, perplexity_chars=0)
+    assert list(probes.questions) == ["cmmlu", "gsm8k"]
+    assert len({q.subject for q in probes.questions["cmmlu"]}) == 5
+    assert [q.key for q in probes.questions["gsm8k"]] == ["gsm8k/main/test/0", "gsm8k/main/test/1"]
+    d = derived_metrics({"probe/cmmlu_acc": 0.6, "probe/gsm8k_acc": 0.1},
+                        {"probe/cmmlu_acc": 0.4, "probe/gsm8k_acc": 0.2})
+    assert d["probe/chinese_gain_cmmlu"] == pytest.approx(0.2)
+    assert d["probe/english_retention_gsm8k"] == pytest.approx(0.5)
 
 
 def test_derived_metrics():
@@ -195,7 +207,7 @@ def test_run_probes_keys_and_empty_parts(tiny_qwen_dir, probes):
     tokenizer = _tokenizer(tiny_qwen_dir)
     metrics = run_probes(model, tokenizer, _family(tiny_qwen_dir), probes)
     assert set(metrics) == set(PROBE_KEYS)
-    only_text = ProbeSet(ceval=[], mmlu=[], zh_texts=probes.zh_texts, en_texts=[], shots=0)
+    only_text = ProbeSet(questions={"ceval": [], "mmlu": []}, zh_texts=probes.zh_texts, en_texts=[], shots=0)
     assert set(run_probes(model, tokenizer, None, only_text)) == {"probe/zh_bpc"}
     assert run_probes(model, tokenizer, None, only_text)["probe/zh_bpc"] == metrics["probe/zh_bpc"]
     with pytest.raises(ValueError, match="perplexity"):

@@ -91,6 +91,63 @@ def test_summary_structure(tiny_llama_dir, shared_data, tmp_path):
     assert len(read_jsonl(out / "predictions.jsonl")) == 10
 
 
+def test_cloze_and_prompts_file(tiny_llama_dir, shared_data, tmp_path):
+    """formulation both: letter results under "ceval", cloze under "ceval_cloze" (same entry schema,
+    acc_norm the headline), one prompts.jsonl line per question and formulation."""
+    loaded = load_model(str(tiny_llama_dir))
+    cfg = small_eval(benchmarks=["ceval", "mmlu", "gsm8k"], formulation="both", write_prompts=True,
+                     max_new_tokens=4, gsm8k_shots=1)
+    result = evaluate_model(loaded.model, loaded.tokenizer, loaded.family, cfg, shared_data, progress=False)
+    s = result.summary
+    assert list(s["benchmarks"]) == ["ceval", "ceval_cloze", "mmlu", "mmlu_cloze", "gsm8k"]
+    assert s["style"] == "lm-eval" and s["settings"]["formulation"] == "both"
+    cloze = s["benchmarks"]["ceval_cloze"]
+    assert {"accuracy", "n", "stderr", "categories", "subjects"} <= set(cloze)
+    assert cloze["metric"] == "acc_norm" and cloze["accuracy"] == cloze["accuracy_norm"]
+    rows = [r for r in result.predictions if r["benchmark"] == "ceval_cloze"]
+    assert [r["key"] for r in rows][:1] == ["ceval_cloze/computer_network/val/0"]
+    assert cloze["accuracy"] == sum(r["correct"] for r in rows) / 4
+    assert cloze["accuracy_unnormalized"] == sum(r["correct_unnormalized"] for r in rows) / 4
+    out = write_eval_output(result, tmp_path / "run")
+    prompts = read_jsonl(out / "prompts.jsonl")
+    assert len(prompts) == 4 + 4 + 4 + 4 + 2
+    by_key = {(p["key"]): p for p in prompts}
+    letter = by_key["mmlu/abstract_algebra/test/0"]
+    assert letter["context"].startswith("The following are multiple choice questions (with answers) "
+                                        "about abstract algebra.\n\n")
+    assert letter["context"].endswith("\nAnswer:") and letter["continuations"] == [" A", " B", " C", " D"]
+    cl = by_key["mmlu_cloze/abstract_algebra/test/0"]
+    assert cl["context"].endswith("Question: Find the degree for the given field extension Q(sqrt(2), "
+                                  "sqrt(3), sqrt(18)) over Q.\nAnswer:")
+    assert cl["continuations"] == [" 0", " 4", " 2", " 6"]
+    gsm = [p for p in prompts if p["benchmark"] == "gsm8k"]
+    assert gsm[0]["context"].endswith("\nAnswer:") and "Question:" in gsm[0]["until"]
+
+
+def test_official_style_averages_subjects_and_adds_china_specific(tiny_llama_dir, shared_data):
+    loaded = load_model(str(tiny_llama_dir))
+    cfg = EvalConfig(benchmarks=["cmmlu"], subjects=["chinese_history", "anatomy", "arts"], limit=3,
+                     shots=0, perplexity=False, style="official")
+    s = evaluate_model(loaded.model, loaded.tokenizer, loaded.family, cfg, shared_data,
+                       progress=False).summary
+    entry = s["benchmarks"]["cmmlu"]
+    subjects = entry["subjects"]
+    assert entry["aggregation"] == "subjects"
+    assert entry["accuracy"] == pytest.approx(sum(v["accuracy"] for v in subjects.values()) / 3)
+    # chinese_history counts in Humanities and in the fifth group
+    assert entry["categories"]["China specific"]["n"] == 3
+    assert entry["categories"]["China specific"]["accuracy"] == subjects["chinese_history"]["accuracy"]
+    assert entry["categories"]["Humanities"]["n"] == 6  # chinese_history + arts
+
+
+def test_lm_eval_style_groups_anatomy_in_stem(shared_data):
+    from zhtune.eval.suite import _base_row
+
+    q = load_questions(EvalConfig(benchmarks=["mmlu"], subjects=["anatomy"], limit=1), shared_data)["mmlu"][0]
+    assert _base_row(q, "lm-eval")["category"] == "STEM"
+    assert _base_row(q, "official")["category"] == "Other"  # Hendrycks: health -> other
+
+
 def test_fingerprint_follows_settings_and_questions(shared_data):
     from zhtune.config import fingerprint
     from zhtune.eval.suite import eval_settings
@@ -182,3 +239,30 @@ def test_scale_is_restored(tiny_llama_dir, adapters):
 def test_nothing_to_evaluate(tiny_llama_dir, tmp_path):
     with pytest.raises(UserError, match="nothing to evaluate"):
         run_eval(ModelConfig(name_or_path=str(tiny_llama_dir)), small_eval(), tmp_path, include_base=False)
+
+
+def test_compare_refuses_other_styles_and_pairs_cloze(tmp_path):
+    """Runs of different styles are not compared; a cloze benchmark pairs by its own keys and a
+    Chinese one is judged on gain."""
+    from fixtures_eval import SETTINGS, Cell, paired_predictions, write_eval_folder
+
+    from zhtune.analysis.forgetting import compare_runs
+    from zhtune.analysis.stats import GAIN
+
+    cells = [Cell("ceval", "law", "Humanities", both=5, c=3, neither=2),
+             Cell("mmlu", "anatomy", "STEM", both=6, b=1, neither=3)]
+    base, tuned = paired_predictions(cells)
+    cloze_base, cloze_tuned = paired_predictions([Cell("ceval", "law", "Humanities", both=4, c=4, neither=2)])
+    for rows in (cloze_base, cloze_tuned):
+        for r in rows:
+            r["benchmark"] = "ceval_cloze"
+            r["key"] = "ceval_cloze" + r["key"][len("ceval"):]
+    settings = {**SETTINGS, "benchmarks": ["ceval", "mmlu"], "style": "lm-eval", "formulation": "both"}
+    write_eval_folder(tmp_path / "base", base + cloze_base, settings=settings)
+    write_eval_folder(tmp_path / "tuned", tuned + cloze_tuned, settings=settings)
+    cmp = compare_runs(tmp_path / "base", tmp_path / "tuned")
+    assert cmp.benchmarks["ceval_cloze"].counts.n == 10 and cmp.benchmarks["ceval_cloze"].kind == GAIN
+    assert cmp.benchmarks["ceval"].counts.n == 10  # the letter questions pair separately
+    write_eval_folder(tmp_path / "official", tuned + cloze_tuned, settings={**settings, "style": "official"})
+    with pytest.raises(UserError, match="style: lm-eval vs official"):
+        compare_runs(tmp_path / "base", tmp_path / "official")

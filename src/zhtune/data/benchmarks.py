@@ -1,6 +1,8 @@
 """Benchmark questions from the official release layout or the hub, as one record type.
 
-Local layout (``<data_dir>/<benchmark>/``), exactly as the official releases ship it:
+What each benchmark's files look like (layout, columns, splits, subjects, hub location) is its spec,
+``zhtune/resources/benchmarks/<name>.yaml`` (``zhtune.data.specs``); this module reads any spec whose
+files are CSV or JSON lines. Local layout (``<data_dir>/<benchmark>/``), exactly as the official releases ship it:
 
 - C-Eval  ``{dev,val,test}/<subject>_<split>.csv``, header ``id,question,A,B,C,D,answer[,explanation]``
   (test has no ``answer`` column: its labels are not public).
@@ -23,37 +25,31 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from zhtune.data.specs import BenchmarkSpec, list_specs, load_spec
 from zhtune.errors import UserError
 from zhtune.io import default_data_dir
 
 log = logging.getLogger(__name__)
 
-BENCHMARKS = ("ceval", "cmmlu", "mmlu", "gsm8k")
-CHINESE_BENCHMARKS = ("ceval", "cmmlu")
-ENGLISH_BENCHMARKS = ("mmlu", "gsm8k")
+# Views of the specs, for the callers that only need names.
+BENCHMARKS: tuple[str, ...] = list_specs()
+CHINESE_BENCHMARKS = tuple(b for b in BENCHMARKS if load_spec(b).language == "zh")
+ENGLISH_BENCHMARKS = tuple(b for b in BENCHMARKS if load_spec(b).language == "en")
+CHOICE_BENCHMARKS = tuple(b for b in BENCHMARKS if load_spec(b).kind == "multiple_choice")
 LETTERS = ("A", "B", "C", "D")
 CATEGORIES = ("STEM", "Humanities", "Social Sciences", "Other")  # GSM8K's one subject: "Math"
 
-SPLITS = {
-    "ceval": ("dev", "val", "test"),
-    "cmmlu": ("dev", "test"),
-    "mmlu": ("dev", "val", "test"),
-    "gsm8k": ("train", "test", "test_socratic"),
-}
-DEFAULT_SPLITS = {"ceval": "val", "cmmlu": "test", "mmlu": "test", "gsm8k": "test"}
-FEW_SHOT_SPLITS = {"ceval": "dev", "cmmlu": "dev", "mmlu": "dev", "gsm8k": "train"}
-HUB_DATASETS = {"ceval": "ceval/ceval-exam", "cmmlu": "haonan-li/cmmlu", "mmlu": "cais/mmlu",
-                "gsm8k": "openai/gsm8k"}
+SPLITS = {b: tuple(load_spec(b).splits.all) for b in BENCHMARKS}
+DEFAULT_SPLITS = {b: load_spec(b).splits.eval for b in BENCHMARKS}
+FEW_SHOT_SPLITS = {b: load_spec(b).splits.few_shot for b in BENCHMARKS}
+HUB_DATASETS = {b: load_spec(b).hub.repo for b in BENCHMARKS}
 # Splits that are unlabeled by design (not an error when checking a data folder).
-UNLABELED_SPLITS = {("ceval", "test")}
+UNLABELED_SPLITS = {(b, s) for b in BENCHMARKS for s in load_spec(b).splits.unlabeled}
 
-CEVAL_TEST_MESSAGE = (
-    "C-Eval test labels are not public (the authors withhold them; test scores come only from "
-    "submitting predictions to cevalbenchmark.com). Use split 'val' for local scoring.")
+CEVAL_TEST_MESSAGE = load_spec("ceval").splits.unlabeled_message
 
 
 @dataclass(frozen=True)
@@ -85,42 +81,43 @@ class SubjectInfo:
     china_specific: bool = False  # CMMLU's "China specific" group
 
 
-@lru_cache(maxsize=None)
-def _subject_table() -> dict[str, dict[str, dict]]:
-    text = resources.files("zhtune.resources").joinpath("subjects.json").read_text(encoding="utf-8")
-    return {b: v for b, v in json.loads(text).items() if not b.startswith("_")}
+def _spec(benchmark: str) -> BenchmarkSpec:
+    return load_spec(benchmark)  # an unknown name is a UserError listing the known ones
 
 
 def _check_benchmark(benchmark: str) -> None:
-    if benchmark not in BENCHMARKS:
-        raise UserError(f"unknown benchmark {benchmark!r}; known: {', '.join(BENCHMARKS)}")
+    _spec(benchmark)
+
+
+def is_multiple_choice(benchmark: str) -> bool:
+    """Whether a benchmark (any name; unknown ones are not) is scored by choosing an option."""
+    return benchmark in list_specs() and _spec(benchmark).kind == "multiple_choice"
 
 
 def known_subjects(benchmark: str) -> list[str]:
     """Every subject zhtune knows for a benchmark (the hub's configs), sorted."""
-    _check_benchmark(benchmark)
-    return sorted(_subject_table()[benchmark])
+    return sorted(_spec(benchmark).subjects)
 
 
 def subject_info(benchmark: str, subject: str) -> SubjectInfo:
-    """English and Chinese names and the category of a subject (from ``resources/subjects.json``)."""
-    _check_benchmark(benchmark)
-    row = _subject_table()[benchmark].get(subject)
+    """English and Chinese names and the category of a subject (from the benchmark's spec)."""
+    row = _spec(benchmark).subjects.get(subject)
     if row is None:
         raise UserError(f"{benchmark} has no subject {subject!r} in zhtune's subject list; "
                         f"known: {', '.join(known_subjects(benchmark))}")
-    return SubjectInfo(**row)
+    return SubjectInfo(row.name_en, row.name_zh, row.category, row.subcategory,
+                       "China specific" in row.groups)
 
 
 def default_split(benchmark: str) -> str:
     """The split scored by default: C-Eval val (test labels are private), else test."""
-    _check_benchmark(benchmark)
-    return DEFAULT_SPLITS[benchmark]
+    return _spec(benchmark).splits.eval
 
 
 def _check_split(benchmark: str, split: str) -> None:
-    if split not in SPLITS[benchmark]:
-        raise UserError(f"{benchmark} has no split {split!r}; splits: {', '.join(SPLITS[benchmark])}")
+    splits = _spec(benchmark).splits.all
+    if split not in splits:
+        raise UserError(f"{benchmark} has no split {split!r}; splits: {', '.join(splits)}")
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -149,7 +146,7 @@ def _make_question(benchmark: str, subject: str, category: str, split: str, qid:
     if not isinstance(question, str) or not question.strip():
         raise _RowProblem("empty question")
     answer = "" if answer is None else str(answer).strip()
-    if benchmark == "gsm8k":
+    if _spec(benchmark).kind == "generation":
         if answer and "####" not in answer:
             raise _RowProblem("answer does not end with '#### <number>'")
     else:
@@ -161,15 +158,11 @@ def _make_question(benchmark: str, subject: str, category: str, split: str, qid:
                     tuple("" if c is None else str(c) for c in choices), answer or None)
 
 
-# Column names per benchmark: (question, id, answer). MMLU files have no header.
-_CSV_COLUMNS = {"ceval": ("question", "id", "answer"), "cmmlu": ("Question", "", "Answer"),
-                "mmlu": ("question", None, "answer")}
-_MMLU_HEADER = ["question", "A", "B", "C", "D", "answer"]
-
-
 def _parse_csv(benchmark: str, subject: str, split: str, path: Path) -> ParsedFile:
     questions, rows, problems = [], [], []
-    has_header = benchmark != "mmlu"
+    files = _spec(benchmark).files
+    cols = files.columns
+    has_header = files.header
     try:
         category = subject_info(benchmark, subject).category
     except UserError as err:
@@ -177,7 +170,7 @@ def _parse_csv(benchmark: str, subject: str, split: str, path: Path) -> ParsedFi
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
             reader = csv.reader(f)
-            header = None if has_header else _MMLU_HEADER
+            header = None if has_header else list(cols.names or [])
             last_line = 0
             for index, record in enumerate(reader):
                 first_line, last_line = last_line + 1, reader.line_num
@@ -185,8 +178,7 @@ def _parse_csv(benchmark: str, subject: str, split: str, path: Path) -> ParsedFi
                 where = f"row {row_no} (line {first_line})"
                 if header is None:
                     header = record
-                    q_col, _, _ = _CSV_COLUMNS[benchmark]
-                    missing = [c for c in (q_col, *LETTERS) if c not in header]
+                    missing = [c for c in (cols.question, *cols.choices) if c not in header]
                     if missing:
                         problems.append(f"{path}: row 1 (header): missing column(s) {', '.join(missing)}"
                                         f" (header is {','.join(header)})")
@@ -199,13 +191,12 @@ def _parse_csv(benchmark: str, subject: str, split: str, path: Path) -> ParsedFi
                                     f"({','.join(header)}): missing or extra column")
                     continue
                 cells = dict(zip(header, record))
-                q_col, id_col, a_col = _CSV_COLUMNS[benchmark]
-                # MMLU has no id column: the 0-based position of the question in the file is its id.
-                qid = cells.get(id_col, "").strip() if id_col is not None else ""
+                # No id column (MMLU): the 0-based position of the question in the file is its id.
+                qid = cells.get(cols.id, "").strip() if cols.id is not None else ""
                 qid = qid or str(index - 1 if has_header else index)
                 try:
-                    q = _make_question(benchmark, subject, category, split, qid, cells[q_col],
-                                       [cells[c] for c in LETTERS], cells.get(a_col))
+                    q = _make_question(benchmark, subject, category, split, qid, cells[cols.question],
+                                       [cells[c] for c in cols.choices], cells.get(cols.answer))
                 except _RowProblem as err:
                     problems.append(f"{path}: {where}: {err}")
                     continue
@@ -220,8 +211,10 @@ def _parse_csv(benchmark: str, subject: str, split: str, path: Path) -> ParsedFi
     return ParsedFile(str(path), tuple(questions), tuple(rows), tuple(problems))
 
 
-def _parse_jsonl(split: str, path: Path) -> ParsedFile:
+def _parse_jsonl(benchmark: str, subject: str, split: str, path: Path) -> ParsedFile:
     questions, rows, problems = [], [], []
+    cols = _spec(benchmark).files.columns
+    category = subject_info(benchmark, subject).category
     try:
         with open(path, encoding="utf-8-sig") as f:
             for line_no, line in enumerate(f, 1):
@@ -230,10 +223,11 @@ def _parse_jsonl(split: str, path: Path) -> ParsedFile:
                 where = f"line {line_no}"
                 try:
                     obj = json.loads(line)
-                    if not isinstance(obj, dict) or "question" not in obj:
-                        raise _RowProblem("not an object with 'question' and 'answer'")
-                    q = _make_question("gsm8k", "main", "Math", split, str(line_no - 1),
-                                       obj["question"], (), obj.get("answer"))
+                    if not isinstance(obj, dict) or cols.question not in obj:
+                        raise _RowProblem(f"not an object with {cols.question!r} and {cols.answer!r}")
+                    q = _make_question(benchmark, subject, category, split, str(line_no - 1),
+                                       obj[cols.question], [obj[c] for c in cols.choices],
+                                       obj.get(cols.answer))
                 except (json.JSONDecodeError, _RowProblem) as err:
                     problems.append(f"{path}: {where}: {err}")
                     continue
@@ -250,19 +244,13 @@ def _parse_jsonl(split: str, path: Path) -> ParsedFile:
 def _parse_local_cached(benchmark: str, subject: str, split: str, path: str,
                         mtime_ns: int, size: int) -> ParsedFile:
     # mtime and size are part of the key so that an edited file is read again.
-    if benchmark == "gsm8k":
-        return _parse_jsonl(split, Path(path))
-    return _parse_csv(benchmark, subject, split, Path(path))
+    reader = {"csv": _parse_csv, "jsonl": _parse_jsonl}[_spec(benchmark).files.reader]
+    return reader(benchmark, subject, split, Path(path))
 
 
 def local_file(data_dir: str | Path, benchmark: str, subject: str, split: str) -> Path:
-    """Where the official layout keeps one subject's split."""
-    root = Path(data_dir) / benchmark
-    if benchmark == "gsm8k":
-        return root / f"{split}.jsonl"
-    if benchmark == "cmmlu":
-        return root / split / f"{subject}.csv"
-    return root / split / f"{subject}_{split}.csv"
+    """Where the official layout keeps one subject's split (the spec's ``files.path``)."""
+    return Path(data_dir) / benchmark / _spec(benchmark).files.path.format(split=split, subject=subject)
 
 
 def _read_local(data_dir: Path, benchmark: str, subject: str, split: str) -> ParsedFile:
@@ -275,15 +263,19 @@ def _read_local(data_dir: Path, benchmark: str, subject: str, split: str) -> Par
 
 
 def _local_subjects(data_dir: Path, benchmark: str, split: str) -> list[str]:
+    """Subjects with a file for ``split``: the file names that fit the spec's path pattern."""
     root = Path(data_dir) / benchmark
-    if benchmark == "gsm8k":
-        return ["main"] if (root / f"{split}.jsonl").is_file() else []
-    suffix = ".csv" if benchmark == "cmmlu" else f"_{split}.csv"
-    folder = root / split
+    pattern = _spec(benchmark).files.path
+    if "{subject}" not in pattern:  # one file per split holds the one subject (GSM8K "main")
+        return known_subjects(benchmark) if local_file(data_dir, benchmark, "", split).is_file() else []
+    rel = Path(pattern.format(split=split, subject="\0"))
+    prefix, _, suffix = rel.name.partition("\0")
+    folder = root / rel.parent
     if not folder.is_dir():
         return []
-    return sorted(p.name[: -len(suffix)] for p in folder.iterdir()
-                  if p.is_file() and p.name.endswith(suffix))
+    return sorted(p.name[len(prefix): len(p.name) - len(suffix)] for p in folder.iterdir()
+                  if p.is_file() and p.name.startswith(prefix) and p.name.endswith(suffix)
+                  and len(p.name) > len(prefix) + len(suffix))
 
 
 # ----------------------------------------------------------------------------- hub
@@ -291,12 +283,9 @@ def _local_subjects(data_dir: Path, benchmark: str, split: str) -> list[str]:
 
 def _hub_location(benchmark: str, subject: str, split: str) -> tuple[str, str, str]:
     """(dataset id, config, split) on the hub for one of our (benchmark, subject, split)."""
-    repo = HUB_DATASETS[benchmark]
-    if benchmark == "gsm8k":
-        return (repo, "socratic", "test") if split == "test_socratic" else (repo, "main", split)
-    if benchmark == "mmlu" and split == "val":
-        return repo, subject, "validation"
-    return repo, subject, split
+    hub = _spec(benchmark).hub
+    config = hub.configs.get(split, hub.config).format(subject=subject)
+    return hub.repo, config, hub.splits.get(split, split)
 
 
 PARQUET_EXPORT = "refs/convert/parquet"
@@ -333,16 +322,14 @@ def hub_load_revision(repo: str, config: str | None, split: str, revision: str |
 
 def hub_record_fields(benchmark: str, row: dict, index: int) -> tuple[str, Any, list, Any]:
     """(id, question, choices, answer) of one hub row, in the local files' terms."""
-    if benchmark == "ceval":
-        return str(row["id"]), row["question"], [row[c] for c in LETTERS], row.get("answer")
-    if benchmark == "cmmlu":
-        return str(index), row["Question"], [row[c] for c in LETTERS], row.get("Answer")
-    if benchmark == "mmlu":
-        answer = row.get("answer")
-        if isinstance(answer, int) and not isinstance(answer, bool):  # cais/mmlu: 0-3
-            answer = LETTERS[answer] if 0 <= answer < 4 else str(answer)
-        return str(index), row["question"], list(row["choices"]), answer
-    return str(index), row["question"], [], row.get("answer")
+    spec = _spec(benchmark)
+    cols, hub = spec.files.columns, spec.hub
+    qid = str(row[cols.id]) if cols.id else str(index)
+    choices = list(row[hub.choices_column]) if hub.choices_column else [row[c] for c in cols.choices]
+    answer = row.get(cols.answer)
+    if hub.answer_index and isinstance(answer, int) and not isinstance(answer, bool):  # 0-3
+        answer = LETTERS[answer] if 0 <= answer < len(LETTERS) else str(answer)
+    return qid, row[cols.question], choices, answer
 
 
 @lru_cache(maxsize=None)
@@ -385,7 +372,7 @@ def list_subjects(benchmark: str, data_dir: str | Path | None = None) -> list[st
     root = _benchmark_root(data_dir, benchmark)
     if root is None:
         return known_subjects(benchmark)
-    return sorted({s for split in SPLITS[benchmark] for s in _local_subjects(root, benchmark, split)})
+    return sorted({s for split in _spec(benchmark).splits.all for s in _local_subjects(root, benchmark, split)})
 
 
 def _choose(benchmark: str, available: list[str], subjects: Iterable[str] | None, where: str) -> list[str]:
@@ -417,11 +404,12 @@ def load_benchmark(benchmark: str, split: str | None = None, data_dir: str | Pat
     _check_benchmark(benchmark)
     split = split or default_split(benchmark)
     _check_split(benchmark, split)
-    if (benchmark, split) in UNLABELED_SPLITS and require_answers:
-        raise UserError(CEVAL_TEST_MESSAGE)
+    if not _spec(benchmark).labeled(split) and require_answers:
+        raise UserError(_spec(benchmark).splits.unlabeled_message
+                        or f"{benchmark} {split} has no answers; score another split")
     root = _benchmark_root(data_dir, benchmark)
     if root is None:
-        available, where = known_subjects(benchmark), f"hub {HUB_DATASETS[benchmark]}"
+        available, where = known_subjects(benchmark), f"hub {_spec(benchmark).hub.repo}"
     else:
         available, where = _local_subjects(root, benchmark, split), str(root / benchmark)
         if not available:
@@ -461,7 +449,7 @@ def few_shot_examples(benchmark: str, subject: str, n: int,
         return []
     subject_info(benchmark, subject)  # an unknown subject is named as such, not as a missing file
     root = _benchmark_root(data_dir, benchmark)
-    parsed = _read(root, benchmark, subject, FEW_SHOT_SPLITS[benchmark])
+    parsed = _read(root, benchmark, subject, _spec(benchmark).splits.few_shot)
     _raise_problems(parsed, require_answers=True)
     if len(parsed.questions) < n:
         raise UserError(f"{parsed.source} has {len(parsed.questions)} examples; {n} shots requested")
@@ -554,15 +542,15 @@ def check_data_dir(data_dir: str | Path) -> DataReport:
     if not root.is_dir():
         report.errors.append(f"{root}: not a folder")
         return report
-    for benchmark in BENCHMARKS:
+    for benchmark in list_specs():
         if not (root / benchmark).is_dir():
             report.warnings.append(f"{root / benchmark}: missing (no {benchmark} evaluation from this folder)")
             continue
-        known = set(_subject_table()[benchmark])
-        shot_split = FEW_SHOT_SPLITS[benchmark]
+        known = set(known_subjects(benchmark))
+        shot_split = _spec(benchmark).splits.few_shot
         few_shot = set(_local_subjects(root, benchmark, shot_split))
         warned: set[str] = set()
-        for split in SPLITS[benchmark]:
+        for split in _spec(benchmark).splits.all:
             subjects = _local_subjects(root, benchmark, split)
             if not subjects:
                 report.warnings.append(f"{root / benchmark}: no {split} files")
@@ -579,7 +567,7 @@ def check_data_dir(data_dir: str | Path) -> DataReport:
                                            f"0-shot prompts")
                 parsed = _read_local(root, benchmark, subject, split)
                 report.errors.extend(parsed.problems)
-                if (benchmark, split) not in UNLABELED_SPLITS:
+                if _spec(benchmark).labeled(split):
                     report.errors.extend(parsed.unlabeled())
                 rows += len(parsed.questions)
                 labeled += sum(q.answer is not None for q in parsed.questions)

@@ -18,12 +18,6 @@ from zhtune.artifacts import sha256_bytes, utc_timestamp
 log = logging.getLogger(__name__)
 
 DEFAULT_BELLE = "BelleGroup/train_0.5M_CN"
-_CEVAL_HEADERS = {
-    "dev": ["id", "question", "A", "B", "C", "D", "answer", "explanation"],
-    "val": ["id", "question", "A", "B", "C", "D", "answer"],
-    "test": ["id", "question", "A", "B", "C", "D"],  # the official test files carry no answers
-}
-_CMMLU_HEADER = ["", "Question", "A", "B", "C", "D", "Answer"]
 
 
 def hub_commit(repo: str) -> str | None:
@@ -47,20 +41,26 @@ def _csv_text(header: list[str] | None, rows: list[list[Any]]) -> str:
 
 
 def _file_rows(benchmark: str, split: str, records) -> tuple[list[str] | None, list[list[Any]]]:
-    """Hub records as the official file's header and rows."""
+    """Hub records as the official file's header and rows, in the spec's column layout: the id
+    column when the file has one (CMMLU's unnamed first column holds the row index), question,
+    options, answer (not in an unlabeled split such as C-Eval test), then the split's extra
+    columns (C-Eval dev: explanation)."""
     from zhtune.data.benchmarks import hub_record_fields
+    from zhtune.data.specs import load_spec
 
-    if benchmark == "ceval":
-        header = _CEVAL_HEADERS[split]
-        return header, [[r.get(c, "") if c != "id" else r["id"] for c in header] for r in records]
+    spec = load_spec(benchmark)
+    files, cols = spec.files, spec.files.columns
+    labeled = spec.labeled(split)
+    extra = files.extra_columns.get(split, [])
+    header = ([cols.id] if cols.id is not None else []) + [cols.question, *cols.choices]
+    header += ([cols.answer] if labeled else []) + extra
     rows = []
     for index, r in enumerate(records):
-        _, question, choices, answer = hub_record_fields(benchmark, r, index)
-        if benchmark == "cmmlu":
-            rows.append([index, question, *choices, answer])
-        else:  # mmlu: headerless, answer as a letter
-            rows.append([question, *choices, answer])
-    return (_CMMLU_HEADER if benchmark == "cmmlu" else None), rows
+        qid, question, choices, answer = hub_record_fields(benchmark, r, index)
+        row = [qid if cols.id else index] if cols.id is not None else []
+        row += [question, *choices] + ([answer] if labeled else []) + [r.get(c, "") for c in extra]
+        rows.append(row)
+    return (header if files.header else None), rows
 
 
 def _jsonl_text(rows: list[dict]) -> str:
@@ -85,11 +85,13 @@ class _Manifest:
 def _download_benchmark(benchmark: str, manifest: _Manifest, step: Callable[[str], None]) -> None:
     from zhtune.data.benchmarks import (HUB_DATASETS, SPLITS, _hub_location, hub_load_revision,
                                         known_subjects, local_file)
+    from zhtune.data.specs import load_spec
 
     repo = HUB_DATASETS[benchmark]
     commit = hub_commit(repo)
     source = {"dataset": repo, "revision": commit, "revisions_read": [], "splits": {}}
-    subjects = ["main"] if benchmark == "gsm8k" else known_subjects(benchmark)
+    files = load_spec(benchmark).files
+    subjects = known_subjects(benchmark)
     for split in SPLITS[benchmark]:
         total = 0
         for subject in subjects:
@@ -99,8 +101,10 @@ def _download_benchmark(benchmark: str, manifest: _Manifest, step: Callable[[str
                 source["revisions_read"].append(revision)
             records = list(records)
             rel = local_file(manifest.root, benchmark, subject, split).relative_to(manifest.root).as_posix()
-            if benchmark == "gsm8k":
-                text = _jsonl_text([{"question": r["question"], "answer": r["answer"]} for r in records])
+            if files.reader == "jsonl":
+                cols = files.columns
+                text = _jsonl_text([{cols.question: r[cols.question], cols.answer: r[cols.answer]}
+                                    for r in records])
             else:
                 header, rows = _file_rows(benchmark, split, records)
                 text = _csv_text(header, rows)
@@ -184,4 +188,4 @@ def planned_steps(benchmarks: list[str], belle: bool) -> int:
     """How many hub reads a download makes (for the progress bar)."""
     from zhtune.data.benchmarks import SPLITS, known_subjects
 
-    return sum(len(SPLITS[b]) * (1 if b == "gsm8k" else len(known_subjects(b))) for b in benchmarks) + belle
+    return sum(len(SPLITS[b]) * len(known_subjects(b)) for b in benchmarks) + belle

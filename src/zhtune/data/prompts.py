@@ -1,43 +1,47 @@
-"""The standard harness prompts for C-Eval, CMMLU, MMLU and GSM8K, character for character.
+"""Prompts as the benchmark specs write them, character for character.
 
-Multiple choice (C-Eval, CMMLU, MMLU) is scored from the next token after the answer cue, so a
-prompt is split in two: ``choice_prefix`` (the subject's description line and the solved few-shot
-examples, the same for every question of a subject, so its KV cache can be shared) and
-``choice_item`` (one question ending with the cue). The shots are the first n of the subject's dev
-split (``benchmarks.few_shot_examples``), as the official C-Eval/CMMLU/MMLU scripts and
-lm-evaluation-harness (``first_n``) take them; n = 0 leaves only the description line.
+Multiple choice (C-Eval, CMMLU, MMLU) is scored from what follows the answer cue, so a prompt is
+split in two: ``choice_prefix`` (the subject's description and the solved few-shot examples, the
+same for every question of a subject, so its KV cache can be shared) and ``choice_item`` (one
+question ending with the cue). The text comes from the benchmark's spec
+(``zhtune/resources/benchmarks/<name>.yaml``) for a **style** and a **formulation**:
 
-Choices made, and why:
+- style ``lm-eval`` (the default) reproduces lm-evaluation-harness 0.4.13's ``ceval-valid``,
+  ``cmmlu`` and ``mmlu`` tasks: the question stripped (``question.strip()``), options as they are in
+  the file, a solved shot ``…答案： A`` (the target delimiter is one space), the continuations scored
+  `` A``..`` D``; style ``official`` the C-Eval / CMMLU / Hendrycks repositories' own code
+  (nothing stripped; ``答案：A`` and ``题目：…答案是：A`` without a space for C-Eval and CMMLU).
+- formulation ``letter`` shows the options and scores the letters; ``cloze`` shows only the
+  question and scores each option's text (MMLU's is lm-eval's ``mmlu_continuation``).
 
-- C-Eval: the official description ``以下是中国关于{科目}考试的单项选择题，请选出其中的正确答案。`` with the
-  subject's Chinese name; items ``{question}\\nA. …\\nD. …\\n答案：{answer}`` (no space after the
-  full-width colon, as in the C-Eval and CMMLU code). The dev ``explanation`` is not used (no CoT).
-- CMMLU: its own description ``以下是关于{科目}的单项选择题，请直接给出正确答案的选项。``; items as C-Eval.
-- MMLU: Hendrycks' ``The following are multiple choice questions (with answers) about {subject}.``
-  with underscores as spaces; ``Answer: {answer}`` with one space, so an unsolved item ends with
-  ``Answer:`` and the scorer appends `` A`` (see ``answer_continuation``).
-- Question and choice texts are stripped of surrounding whitespace (lm-evaluation-harness does the
-  same), so stray spaces or newlines in the CSV cells do not reach the model.
-- GSM8K: ``Question: {q}\\nAnswer: {a}\\n\\n`` with the train solutions as written (calculator
-  annotations ``<<…>>`` and the final ``#### N`` included: the model learns to end with ``#### N``);
-  the test item ends ``Answer:``. The chain-of-thought variant uses the 8 exemplars of Wei et al.
-  (2022), as lm-evaluation-harness ``gsm8k_cot`` does, written in the same ``Question:/Answer:``
-  layout so that one item format and one set of stop strings serve both.
+A prompt is ``description + (shot + target_delimiter + target + fewshot_delimiter) * n + item``;
+the shots are the first n of the subject's few-shot split (lm-eval's ``first_n`` sampler), n = 0
+leaves only the description.
+
+GSM8K: the style's ``generate`` formulation (lm-eval's ``gsm8k`` task): items
+``Question: {question}\\nAnswer:``, solved shots ``item + " " + solution + "\\n\\n"`` with the train
+solutions as written (calculator annotations ``<<…>>`` and the final ``#### N`` included), nothing
+stripped. Which train solutions each test question gets is ``gsm8k_exemplars`` (lm-eval's seeded
+random draws, a different 5 per question). The chain-of-thought variant (zhtune's own, not the
+layout of lm-eval's ``gsm8k-cot``) puts the 8 exemplars of Wei et al. (2022) in the same layout.
 """
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-from zhtune.data.benchmarks import LETTERS, Question, subject_info
+from zhtune.data.benchmarks import BENCHMARKS, LETTERS, Question, is_multiple_choice, subject_info
+from zhtune.data.specs import DEFAULT_STYLE, FormulationSpec, load_spec, render
 
-CHOICE_BENCHMARKS = ("ceval", "cmmlu", "mmlu")
-ANSWER_CUES = {"ceval": "答案：", "cmmlu": "答案：", "mmlu": "Answer:", "gsm8k": "Answer:"}
 
-_DESCRIPTIONS = {
-    "ceval": "以下是中国关于{name}考试的单项选择题，请选出其中的正确答案。\n\n",
-    "cmmlu": "以下是关于{name}的单项选择题，请直接给出正确答案的选项。\n\n",
-    "mmlu": "The following are multiple choice questions (with answers) about {name}.\n\n",
-}
+def _cues() -> tuple[str, ...]:
+    forms = (f for b in BENCHMARKS for style in load_spec(b).styles.values()
+             for f in (style.letter, style.cloze, style.generate) if f is not None)
+    # Longest first, so that a cue ending with another one is recognised whole.
+    return tuple(sorted({f.answer_cue for f in forms}, key=len, reverse=True))
+
+
+# Every answer cue of every spec (wrap_chat moves the one a prompt ends with after the chat turn).
+ALL_ANSWER_CUES = _cues()
 
 # Wei et al. 2022, "Chain-of-Thought Prompting Elicits Reasoning in Large Language Models", table 20:
 # the 8 exemplars lm-evaluation-harness uses for gsm8k_cot. Each answer ends "The answer is N."
@@ -76,81 +80,173 @@ GSM8K_COT_EXEMPLARS: tuple[tuple[str, str], ...] = (
 
 
 def _check_choice(benchmark: str) -> None:
-    if benchmark not in CHOICE_BENCHMARKS:
-        raise ValueError(f"{benchmark!r} is not a multiple-choice benchmark ({', '.join(CHOICE_BENCHMARKS)})")
+    if not is_multiple_choice(benchmark):
+        raise ValueError(f"{benchmark!r} is not a multiple-choice benchmark")
 
 
-def answer_prefix(benchmark: str) -> str:
-    """The cue an unsolved item ends with: ``答案：`` (C-Eval, CMMLU) or ``Answer:`` (MMLU, GSM8K)."""
-    return ANSWER_CUES[benchmark]
+def formulation_spec(benchmark: str, style: str = DEFAULT_STYLE,
+                     formulation: str = "letter") -> FormulationSpec:
+    """The spec's item template, choices and delimiters for a style and formulation."""
+    return load_spec(benchmark).formulation(style, formulation)
 
 
-def answer_continuation(benchmark: str, letter: str) -> str:
-    """The text that follows the cue for a letter: ``A`` after ``答案：``, `` A`` after ``Answer:``.
+def answer_prefix(benchmark: str, style: str = DEFAULT_STYLE) -> str:
+    """The cue an unsolved item ends with (``答案：``, ``答案是：``, ``Answer:``)."""
+    form = "generate" if load_spec(benchmark).kind == "generation" else "letter"
+    return formulation_spec(benchmark, style, form).answer_cue
 
-    The scorer compares the next-token logits of these continuations' first tokens.
-    """
+
+def answer_continuation(benchmark: str, letter: str, style: str = DEFAULT_STYLE) -> str:
+    """The scored text after the cue for a letter: target delimiter + letter (`` A`` in lm-eval
+    style, ``A`` in C-Eval's and CMMLU's official style)."""
     _check_choice(benchmark)
-    return letter if benchmark in ("ceval", "cmmlu") else f" {letter}"
+    return formulation_spec(benchmark, style, "letter").target_delimiter + letter
 
 
-def description(benchmark: str, subject: str) -> str:
-    """The subject's opening line (with its blank line): Chinese name for C-Eval and CMMLU."""
+def _fields(q: Question) -> dict[str, Any]:
+    """What an item template can use: the columns as lm-eval's docs have them."""
+    return {"question": q.question, "choices": list(q.choices), "answer": q.answer,
+            **dict(zip(LETTERS, q.choices))}
+
+
+def description(benchmark: str, subject: str, style: str = DEFAULT_STYLE,
+                formulation: str = "letter") -> str:
+    """The subject's opening text (with its blank line), from the spec."""
     _check_choice(benchmark)
-    if benchmark == "mmlu":
-        name = subject.replace("_", " ")
-    else:
-        name = subject_info(benchmark, subject).name_zh
-    return _DESCRIPTIONS[benchmark].format(name=name)
+    spec = load_spec(benchmark)
+    info = subject_info(benchmark, subject)
+    text = spec.formulation(style, formulation).description
+    if text is None:
+        text = spec.style(style).description
+    return render(text, {"subject": subject, "subject_words": subject.replace("_", " "),
+                         "name_en": info.name_en, "name_zh": info.name_zh})
 
 
-def choice_item(benchmark: str, q: Question, with_answer: bool) -> str:
-    """One question with its four options.
+def choice_strings(benchmark: str, q: Question, style: str = DEFAULT_STYLE,
+                   formulation: str = "letter") -> list[str]:
+    """The answer strings (letters, or the option texts for cloze), without the delimiter."""
+    form = formulation_spec(benchmark, style, formulation)
+    return list(q.choices) if form.choices == "options" else list(form.choices)
 
-    ``with_answer=True``: a solved shot, ``…答案：A\\n\\n`` / ``…Answer: A\\n\\n``.
-    ``with_answer=False``: the question to score, ending exactly with the cue (``答案：`` or
-    ``Answer:``, no trailing space): the scorer appends the letter's token.
+
+def continuations(benchmark: str, q: Question, style: str = DEFAULT_STYLE,
+                  formulation: str = "letter") -> list[str]:
+    """The exact strings scored after the item: target delimiter + each answer string."""
+    form = formulation_spec(benchmark, style, formulation)
+    return [form.target_delimiter + c for c in choice_strings(benchmark, q, style, formulation)]
+
+
+def choice_item(benchmark: str, q: Question, with_answer: bool, style: str = DEFAULT_STYLE,
+                formulation: str = "letter") -> str:
+    """One question as the style writes it.
+
+    ``with_answer=True``: a solved shot, item + target delimiter + gold answer + few-shot delimiter
+    (``…答案： A\\n\\n`` in lm-eval style). ``with_answer=False``: the question to score, ending
+    exactly with the cue: the scorer appends the continuations.
     """
     _check_choice(benchmark)
     if len(q.choices) != len(LETTERS):
         raise ValueError(f"{q.key}: {len(q.choices)} choices, expected 4")
-    lines = [q.question.strip()] + [f"{letter}. {text.strip()}" for letter, text in zip(LETTERS, q.choices)]
-    text = "\n".join(lines) + "\n" + answer_prefix(benchmark)
+    form = formulation_spec(benchmark, style, formulation)
+    text = render(form.template, _fields(q))
     if with_answer:
         if q.answer is None:
             raise ValueError(f"{q.key}: a few-shot example needs an answer")
-        text += answer_continuation(benchmark, q.answer) + "\n\n"
+        gold = choice_strings(benchmark, q, style, formulation)[LETTERS.index(q.answer)]
+        text += form.target_delimiter + gold + form.fewshot_delimiter
     return text
 
 
-def choice_prefix(benchmark: str, subject: str, shots: Sequence[Question]) -> str:
-    """Description line plus the solved shots; the question to score (``choice_item``) follows it."""
-    return description(benchmark, subject) + "".join(choice_item(benchmark, s, True) for s in shots)
+def choice_prefix(benchmark: str, subject: str, shots: Sequence[Question], style: str = DEFAULT_STYLE,
+                  formulation: str = "letter") -> str:
+    """Description plus the solved shots; the question to score (``choice_item``) follows it."""
+    return description(benchmark, subject, style, formulation) + "".join(
+        choice_item(benchmark, s, True, style, formulation) for s in shots)
 
 
-def choice_prompt(benchmark: str, subject: str, shots: Sequence[Question], q: Question) -> str:
+def choice_prompt(benchmark: str, subject: str, shots: Sequence[Question], q: Question,
+                  style: str = DEFAULT_STYLE, formulation: str = "letter") -> str:
     """The whole prompt for one question: ``choice_prefix + choice_item(with_answer=False)``."""
-    return choice_prefix(benchmark, subject, shots) + choice_item(benchmark, q, with_answer=False)
+    return (choice_prefix(benchmark, subject, shots, style, formulation)
+            + choice_item(benchmark, q, False, style, formulation))
 
 
-def _gsm8k_shot(question: str, answer: str) -> str:
-    return f"Question: {question.strip()}\nAnswer: {answer.strip()}\n\n"
+def _gsm8k_form(style: str) -> FormulationSpec:
+    return formulation_spec("gsm8k", style, "generate")
 
 
-def gsm8k_prefix(shots: Sequence[Question], cot: bool = False) -> str:
-    """Solved GSM8K examples: the given ``shots`` (first n of train), or with ``cot=True`` the 8
-    chain-of-thought exemplars instead (``shots`` is then ignored)."""
+def _gsm8k_style(style: str):
+    return load_spec("gsm8k").style(style)
+
+
+def _gsm8k_fields(question: str, answer: str | None) -> dict:
+    return {"question": question, "answer": answer}
+
+
+def gsm8k_item(q: Question, style: str = DEFAULT_STYLE) -> str:
+    """The question to solve, ``Question: {question}\\nAnswer:``; the model writes the rest."""
+    return render(_gsm8k_form(style).template, _gsm8k_fields(q.question, q.answer))
+
+
+def gsm8k_target(q: Question, style: str = DEFAULT_STYLE) -> str:
+    """A question's solution as a shot's answer, and the reference exact_match compares with."""
+    if q.answer is None:
+        raise ValueError(f"{q.key}: no solution")
+    return render(_gsm8k_form(style).target, _gsm8k_fields(q.question, q.answer))
+
+
+def _gsm8k_shot(question: str, answer: str, style: str) -> str:
+    form = _gsm8k_form(style)
+    fields = _gsm8k_fields(question, answer)
+    return (render(form.template, fields) + form.target_delimiter + render(form.target, fields)
+            + form.fewshot_delimiter)
+
+
+def gsm8k_prefix(shots: Sequence[Question], cot: bool = False, style: str = DEFAULT_STYLE) -> str:
+    """The style's description, then the solved ``shots`` in the order given; with ``cot=True``
+    the 8 chain-of-thought exemplars instead (``shots`` is then ignored)."""
+    form = _gsm8k_form(style)
+    description = form.description if form.description is not None else _gsm8k_style(style).description
     if cot:
-        return "".join(_gsm8k_shot(q, a) for q, a in GSM8K_COT_EXEMPLARS)
+        return description + "".join(_gsm8k_shot(q, a, style) for q, a in GSM8K_COT_EXEMPLARS)
     for s in shots:
         if s.answer is None:
             raise ValueError(f"{s.key}: a few-shot example needs an answer")
-    return "".join(_gsm8k_shot(s.question, s.answer or "") for s in shots)
+    return description + "".join(_gsm8k_shot(s.question, s.answer or "", style) for s in shots)
 
 
-def gsm8k_item(q: Question) -> str:
-    """The question to solve, ``Question: {q}\\nAnswer:``; the model writes the rest."""
-    return f"Question: {q.question.strip()}\nAnswer:"
+def gsm8k_exemplars(questions: Sequence[Question], shots: int, style: str = DEFAULT_STYLE,
+                    data_dir=None) -> list[list[Question]]:
+    """The solved train examples each question is shown, in prompt order.
+
+    ``first_n`` style: the first ``shots`` of train for every question. ``random`` (lm-eval's
+    default sampler): question *i* of the test file gets the *i*-th seeded draw of a run over the
+    whole test file, so a subset (``--limit``, a cap) sees the prompts a full run would, exactly as
+    lm-eval's ``--limit`` does (``zhtune.eval.gsm8k_lmeval.seeded_draws``).
+    """
+    from zhtune.data.benchmarks import load_benchmark
+    from zhtune.data.specs import load_spec
+    from zhtune.eval.gsm8k_lmeval import seeded_draws
+
+    if shots == 0 or not questions:
+        return [[] for _ in questions]
+    spec = load_spec("gsm8k")
+    pool = load_benchmark("gsm8k", spec.splits.few_shot, data_dir=data_dir)
+    if shots > len(pool):
+        raise ValueError(f"{shots} GSM8K shots requested; the {spec.splits.few_shot} split has {len(pool)}")
+    if _gsm8k_style(style).fewshot_sampler == "first_n":
+        return [list(pool[:shots]) for _ in questions]
+    index: dict[str, dict[str, int]] = {}  # split -> question key -> position in the file
+    positions = []
+    for q in questions:
+        if q.split not in index:
+            split = load_benchmark("gsm8k", q.split, data_dir=data_dir)
+            index[q.split] = {x.key: i for i, x in enumerate(split)}
+        if q.key not in index[q.split]:
+            raise ValueError(f"{q.key} is not a question of the GSM8K {q.split} split")
+        positions.append(index[q.split][q.key])
+    draws = seeded_draws(len(pool), shots, spec.generation.fewshot_seed, max(positions) + 1)
+    return [[pool[j] for j in draws[i]] for i in positions]
 
 
 def wrap_chat(tokenizer: Any, family: Any, prompt_text: str) -> str:
@@ -168,7 +264,7 @@ def wrap_chat(tokenizer: Any, family: Any, prompt_text: str) -> str:
 
     if not ensure_chat_template(tokenizer, family):
         return prompt_text
-    cue = next((c for c in dict.fromkeys(ANSWER_CUES.values()) if prompt_text.endswith(c)), "")
+    cue = next((c for c in ALL_ANSWER_CUES if prompt_text.endswith(c)), "")
     body = prompt_text[: len(prompt_text) - len(cue)].rstrip() if cue else prompt_text
     messages = [{"role": "user", "content": body}]
     chat = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -1,13 +1,22 @@
-"""Multiple-choice scoring: the option letter with the highest next-token logit after the answer cue.
+"""Multiple-choice scoring: letters from next-token logits, or option texts by log-likelihood (cloze).
 
 One forward pass per question. The few-shot prefix of a subject is run once and its KV cache is
 shared by every question of that subject; only the question suffixes go through the model again
 (right-padded, positions continued after the prefix). Only the last real position's hidden state
 goes through the LM head, so full-vocabulary logits are never materialised for every position.
 
-The letter is scored as the token it is in the few-shot answers: C-Eval/CMMLU write ``答案：A`` (no
-space), MMLU ``Answer: A`` (a space). With SentencePiece (Llama) that is ``A`` vs ``▁A``, with
-byte-level BPE (Qwen) ``A`` vs ``ĠA`` -- taking the wrong one silently gives near-random scores.
+The letter is scored as the token it is in the few-shot answers, which the style decides: lm-eval
+writes ``答案： A`` / ``Answer: A`` (target delimiter one space), C-Eval's and CMMLU's own code
+``答案：A``. With SentencePiece (Llama) that is ``▁A`` vs ``A``, with byte-level BPE (Qwen) ``ĠA``
+vs ``A`` -- taking the wrong one silently gives near-random scores. The argmax over the four letter
+logits is the argmax of lm-eval's four one-token log-likelihoods, so predictions are the same.
+
+Cloze (``score_cloze``): each option's text after the question, scored by its summed log-likelihood
+(``acc``) and that divided by its length in characters (``acc_norm``), as lm-eval's
+``multiple_choice`` tasks do. The question is run once against the subject's prefix cache, as for
+letters; its last position gives every option's first-token log-probability, and only the
+options' remaining tokens go through the model again, one option at a time against the cached
+prefix + question. So a cloze question costs the letter scoring plus its options' tokens.
 """
 from __future__ import annotations
 
@@ -20,14 +29,14 @@ from typing import Any
 
 import torch
 
-from zhtune.data.benchmarks import LETTERS, Question
+from zhtune.data.benchmarks import LETTERS, Question, is_multiple_choice
 from zhtune.data.prompts import common_prefix_len, encode_prompt
+from zhtune.data.specs import DEFAULT_STYLE
 from zhtune.eval.progress import progress_bar
 from zhtune.errors import UserError
 
 log = logging.getLogger(__name__)
 
-CHOICE_BENCHMARKS = ("ceval", "cmmlu", "mmlu")
 
 
 @dataclass
@@ -42,22 +51,49 @@ class ChoicePrediction:
         return self.pred == self.question.answer
 
 
+@dataclass
+class ClozePrediction:
+    question: Question
+    loglikelihoods: list[float]  # summed log-probability of each option's continuation tokens
+    lengths: list[int]  # characters of each option's answer string: acc_norm's divisor
+    used_cache: bool = True
+
+    @property
+    def pred(self) -> str:
+        """The option with the highest log-likelihood (acc); ties: the earlier option."""
+        return LETTERS[max(range(len(self.loglikelihoods)), key=lambda k: self.loglikelihoods[k])]
+
+    @property
+    def pred_norm(self) -> str:
+        """The option with the highest log-likelihood per character (acc_norm)."""
+        per_char = [ll / n if n else ll for ll, n in zip(self.loglikelihoods, self.lengths)]
+        return LETTERS[max(range(len(per_char)), key=lambda k: per_char[k])]
+
+    @property
+    def correct(self) -> bool:
+        return self.pred == self.question.answer
+
+    @property
+    def correct_norm(self) -> bool:
+        return self.pred_norm == self.question.answer
+
+
 # ----------------------------------------------------------------------------- tokens
 
-def letter_token_ids(tokenizer, benchmark: str) -> dict[str, int]:
+def letter_token_ids(tokenizer, benchmark: str, style: str = DEFAULT_STYLE) -> dict[str, int]:
     """The token id of each option letter as it follows the answer cue in the few-shot answers.
 
-    Tokenises ``cue + continuation`` (``答案：A``, ``Answer: A``) and takes the one token the
-    letter adds; an error if the letter merges with the cue or needs more than one token."""
+    Tokenises ``cue + continuation`` (``答案： A``, ``Answer: A``, ``答案：A``) and takes the one
+    token the letter adds; an error if the letter merges with the cue or needs more than one token."""
     from zhtune.data.prompts import answer_continuation, answer_prefix
 
-    if benchmark not in CHOICE_BENCHMARKS:
+    if not is_multiple_choice(benchmark):
         raise ValueError(f"{benchmark!r} is not a multiple-choice benchmark")
-    cue = answer_prefix(benchmark)
+    cue = answer_prefix(benchmark, style)
     base = tokenizer(cue, add_special_tokens=False)["input_ids"]
     ids: dict[str, int] = {}
     for letter in LETTERS:
-        continuation = answer_continuation(benchmark, letter)
+        continuation = answer_continuation(benchmark, letter, style)
         full = tokenizer(cue + continuation, add_special_tokens=False)["input_ids"]
         if len(full) != len(base) + 1 or full[: len(base)] != base:
             pieces = tokenizer.convert_ids_to_tokens(full)
@@ -254,7 +290,8 @@ def _shared_prefix(prefix_ids: list[int], items: list[_Item]) -> int:
     return n
 
 
-def _subject_prompts(tokenizer, family, benchmark, subject, questions, shots, data_dir, chat):
+def _subject_prompts(tokenizer, family, benchmark, subject, questions, shots, data_dir, chat,
+                     style=DEFAULT_STYLE, formulation="letter"):
     """(prefix text shared by the subject's questions, full prompt text per question).
 
     The prefix is None when it cannot be located in the (chat-wrapped) prompts."""
@@ -262,8 +299,8 @@ def _subject_prompts(tokenizer, family, benchmark, subject, questions, shots, da
     from zhtune.data.prompts import choice_item, choice_prefix, wrap_chat
 
     examples = few_shot_examples(benchmark, subject, shots, data_dir=data_dir) if shots else []
-    prefix = choice_prefix(benchmark, subject, examples)
-    texts = [prefix + choice_item(benchmark, q, with_answer=False) for q in questions]
+    prefix = choice_prefix(benchmark, subject, examples, style, formulation)
+    texts = [prefix + choice_item(benchmark, q, False, style, formulation) for q in questions]
     if not chat:
         return prefix, texts
     texts = [wrap_chat(tokenizer, family, t) for t in texts]
@@ -278,7 +315,7 @@ def _subject_prompts(tokenizer, family, benchmark, subject, questions, shots, da
 
 def score_choice(model, tokenizer, questions: list[Question], *, shots: int = 5, data_dir=None,
                  batch_size: int = 8, chat: bool = False, family=None, use_cache: bool = True,
-                 progress: bool = True) -> list[ChoicePrediction]:
+                 progress: bool = True, style: str = DEFAULT_STYLE) -> list[ChoicePrediction]:
     """Predict the option letter of each question, in the order given.
 
     ``use_cache=False`` scores every full prompt on its own (the reference the cached path must
@@ -298,10 +335,11 @@ def score_choice(model, tokenizer, questions: list[Question], *, shots: int = 5,
 
     groups: dict[tuple[str, str], list[int]] = {}
     for i, q in enumerate(questions):
-        if q.benchmark not in CHOICE_BENCHMARKS:
+        if not is_multiple_choice(q.benchmark):
             raise ValueError(f"{q.key}: not a multiple-choice question")
         groups.setdefault((q.benchmark, q.subject), []).append(i)
-    letters = {b: [letter_token_ids(tokenizer, b)[x] for x in LETTERS] for b in {b for b, _ in groups}}
+    letters = {b: [letter_token_ids(tokenizer, b, style)[x] for x in LETTERS]
+               for b in {b for b, _ in groups}}
 
     run = dict(body=body, head=head, batch_size=_BatchLimit(batch_size), pad_id=pad_id, device=device)
     probs: dict[int, torch.Tensor] = {}
@@ -312,7 +350,8 @@ def score_choice(model, tokenizer, questions: list[Question], *, shots: int = 5,
         with torch.inference_mode(), progress_bar(len(questions), "multiple choice", progress) as advance:
             for (benchmark, subject), indices in groups.items():
                 head_text, texts = _subject_prompts(tokenizer, family, benchmark, subject,
-                                                    [questions[i] for i in indices], shots, data_dir, chat)
+                                                    [questions[i] for i in indices], shots, data_dir,
+                                                    chat, style)
                 items = [_Item(i, encode_prompt(tokenizer, t)) for i, t in zip(indices, texts)]
                 longest = max(len(it.ids) for it in items)
                 if max_positions and longest > max_positions:
@@ -343,3 +382,165 @@ def score_choice(model, tokenizer, questions: list[Question], *, shots: int = 5,
         best = max(range(len(LETTERS)), key=lambda k: p[k])  # ties: the earlier letter
         results.append(ChoicePrediction(q, LETTERS[best], dict(zip(LETTERS, p)), i not in uncached))
     return results
+
+
+# ----------------------------------------------------------------------------- cloze
+
+@dataclass
+class _ClozeItem(_Item):
+    conts: list[list[int]] | None = None  # continuation tokens of each option
+
+
+def continuation_tokens(tokenizer, item_text: str, continuation: str) -> list[int]:
+    """The tokens a continuation adds after a context, as lm-eval splits them: the tokens of
+    ``context + continuation`` past the context's own tokens. Tokenised on the question alone (the
+    few-shot prefix cannot change how the end of the question tokenises), which keeps it cheap."""
+    ctx = tokenizer(item_text, add_special_tokens=False)["input_ids"]
+    whole = tokenizer(item_text + continuation, add_special_tokens=False)["input_ids"]
+    return whole[len(ctx):]
+
+
+def _layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _cache_from(layers, config):
+    from transformers import DynamicCache
+
+    return DynamicCache(list(layers), config=config)
+
+
+def _cloze_forward(*, body, head, config, prefix_layers, n_prefix: int, chunk: list[_ClozeItem],
+                   pad_id, device, out: dict, advance) -> None:
+    """Log-likelihoods of the four options of each question in ``chunk``.
+
+    1. The questions (right-padded) against the prefix cache: the last real position gives each
+       option's first-token log-probability, and the cache now holds prefix + question.
+    2. For each option k, its remaining tokens against a copy of that cache (padding inside it is
+       masked), positions continuing after each question's own length."""
+    b = len(chunk)
+    ids, mask = _pad_right([it.suffix for it in chunk], pad_id, device)
+    lengths = mask.sum(dim=1)
+    prefix_mask = torch.ones((b, n_prefix), dtype=mask.dtype, device=device)
+    positions = torch.arange(n_prefix, n_prefix + ids.shape[1], device=device).unsqueeze(0).expand(b, -1)
+    cache = (_cache_from([(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in prefix_layers],
+                         config) if prefix_layers else None)
+    hidden, cache = _run_body(body, ids, torch.cat([prefix_mask, mask], dim=1), positions,
+                              cache=cache, keep_cache=True)
+    rows = torch.arange(b, device=hidden.device)
+    first = torch.log_softmax(head(hidden[rows, lengths - 1]).float(), dim=-1)  # (B, V)
+    context_layers = _layers(cache)
+    del cache, hidden
+    context_mask = torch.cat([prefix_mask, mask], dim=1)
+    lls = torch.zeros((b, len(LETTERS)), dtype=torch.float64)
+    for k in range(len(LETTERS)):
+        for i, it in enumerate(chunk):
+            if it.conts[k]:
+                lls[i, k] = float(first[i, it.conts[k][0]])
+        rest = [it.conts[k][:-1] for it in chunk]  # inputs whose outputs predict tokens 2..n
+        width = max(len(r) for r in rest)
+        if width == 0:
+            continue
+        c_ids, c_mask = _pad_right([r or [pad_id] for r in rest], pad_id, device)
+        for i, r in enumerate(rest):
+            if not r:
+                c_mask[i, 0] = 0
+        c_pos = (n_prefix + lengths).unsqueeze(1) + torch.arange(c_ids.shape[1], device=device)
+        hidden, _ = _run_body(body, c_ids, torch.cat([context_mask, c_mask], dim=1), c_pos,
+                              cache=_cache_from(context_layers, config), keep_cache=True)
+        real = c_mask.bool()
+        logp = torch.log_softmax(head(hidden[real]).float(), dim=-1)  # (real positions, V)
+        targets = torch.tensor([t for it in chunk for t in it.conts[k][1:]], dtype=torch.long,
+                               device=logp.device)
+        picked = logp.gather(1, targets.unsqueeze(1)).squeeze(1).double().cpu()
+        counts = [max(len(it.conts[k]) - 1, 0) for it in chunk]
+        for i, part in enumerate(torch.split(picked, counts)):
+            lls[i, k] += part.sum()
+    for it, row in zip(chunk, lls):
+        out[it.index] = row.tolist()
+    advance(len(chunk))
+
+
+def _score_cloze_group(*, body, head, config, prefix_ids: list[int] | None, items: list[_ClozeItem],
+                       batch_size: _BatchLimit, pad_id, device, advance) -> dict[int, list[float]]:
+    out: dict[int, list[float]] = {}
+    if not items:
+        return out
+    prefix_layers, n_prefix = None, 0
+    if prefix_ids:
+        p_ids = torch.tensor([prefix_ids], dtype=torch.long, device=device)
+        _, prefix_cache = _run_body(body, p_ids, torch.ones_like(p_ids), keep_cache=True)
+        prefix_layers, n_prefix = _layers(prefix_cache), len(prefix_ids)
+
+    def forward(chunk: list[_ClozeItem]) -> None:
+        _cloze_forward(body=body, head=head, config=config, prefix_layers=prefix_layers,
+                       n_prefix=n_prefix, chunk=chunk, pad_id=pad_id, device=device, out=out,
+                       advance=advance)
+
+    length = (lambda it: len(it.suffix) + max(len(c) for c in it.conts))
+    for chunk in _length_batches(items, length, batch_size):
+        batch_size.run(chunk, forward)
+    return out
+
+
+def score_cloze(model, tokenizer, questions: list[Question], *, shots: int = 5, data_dir=None,
+                batch_size: int = 8, chat: bool = False, family=None, use_cache: bool = True,
+                progress: bool = True, style: str = DEFAULT_STYLE) -> list[ClozePrediction]:
+    """Each option's text scored by log-likelihood after the question (the cloze formulation).
+
+    ``use_cache=False`` scores every full prompt on its own (the reference for the cached path)."""
+    from zhtune.data.prompts import choice_item, choice_strings, continuations
+
+    if not questions:
+        return []
+    if chat and family is None:
+        from zhtune.models.families import detect_family
+
+        family = detect_family(model.config, tokenizer)
+    body, head = _decoder_parts(model)
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, q in enumerate(questions):
+        if not is_multiple_choice(q.benchmark):
+            raise ValueError(f"{q.key}: not a multiple-choice question")
+        groups.setdefault((q.benchmark, q.subject), []).append(i)
+
+    run = dict(body=body, head=head, config=model.config, batch_size=_BatchLimit(batch_size),
+               pad_id=pad_id, device=device)
+    lls: dict[int, list[float]] = {}
+    fallback: list[_ClozeItem] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), progress_bar(len(questions), "cloze", progress) as advance:
+            for (benchmark, subject), indices in groups.items():
+                qs = [questions[i] for i in indices]
+                head_text, texts = _subject_prompts(tokenizer, family, benchmark, subject, qs, shots,
+                                                    data_dir, chat, style, "cloze")
+                items = []
+                for i, q, text in zip(indices, qs, texts):
+                    item_text = choice_item(benchmark, q, False, style, "cloze")
+                    conts = [continuation_tokens(tokenizer, item_text, c)
+                             for c in continuations(benchmark, q, style, "cloze")]
+                    items.append(_ClozeItem(i, encode_prompt(tokenizer, text), conts=conts))
+                if use_cache and head_text is not None:
+                    prefix_ids = encode_prompt(tokenizer, head_text)
+                    n = _shared_prefix(prefix_ids, items)
+                    lls.update(_score_cloze_group(prefix_ids=prefix_ids[:n], advance=advance,
+                                                  items=[it for it in items if it.suffix is not None],
+                                                  **run))
+                fallback.extend(it for it in items if it.suffix is None)
+            for it in fallback:
+                it.suffix = it.ids  # the whole prompt, no prefix cache
+            lls.update(_score_cloze_group(prefix_ids=None, items=fallback, advance=advance, **run))
+    finally:
+        if was_training:
+            model.train()
+    if use_cache and fallback:
+        log.warning("%d of %d cloze question(s) did not tokenise as few-shot prefix + question; "
+                    "scored with the full prompt instead", len(fallback), len(questions))
+    uncached = {it.index for it in fallback}
+    return [ClozePrediction(q, lls[i], [len(c) for c in choice_strings(q.benchmark, q, style, "cloze")],
+                            i not in uncached)
+            for i, q in enumerate(questions)]

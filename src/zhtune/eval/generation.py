@@ -7,26 +7,30 @@ because we want what ``generate`` does not do:
   from the KV cache) and the next prompt takes its place, so one rambling answer does not keep the
   others computing until ``max_new_tokens``; on a CPU a decoding step costs about the same for one
   sequence as for eight, so keeping the batch full is what makes GSM8K affordable;
-* the few-shot prefix that every prompt shares is run once and its KV cache reused for every
+* a few-shot prefix that every prompt shares is run once and its KV cache reused for every
   prompt (the prompts are tokenised whole and their longest common token prefix is what is
-  shared, so the model sees exactly the tokens of the unshared prompt).
+  shared, so the model sees exactly the tokens of the unshared prompt). lm-eval's GSM8K gives each
+  question its own random shots, so there little is shared; the chain-of-thought prompts share all.
 
 Prompts are left-padded (joining prompts are padded between the shared prefix and their own
 tokens), and position ids skip the padding, so every sequence is computed as it would be alone:
 batched greedy output equals one-by-one greedy output and ``model.generate`` (tested).
+
+GSM8K is prompted, stopped and scored as the benchmark spec says (``resources/benchmarks/gsm8k.yaml``:
+lm-eval 0.4.13's ``gsm8k`` task): per-question seeded shots, the ``until`` stops plus the tokenizer's
+EOS, lm-eval's two regex filters and its ``exact_match`` (``zhtune.eval.gsm8k_lmeval``).
 """
 from __future__ import annotations
 
 import copy
-import re
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from typing import Any, Iterable, Sequence
 
 import torch
 
 from zhtune.data.benchmarks import Question
 from zhtune.data.prompts import common_prefix_len, encode_prompt
+from zhtune.data.specs import DEFAULT_STYLE
 from zhtune.eval.progress import progress_bar
 
 # Shortest shared prefix (in tokens) worth a separate forward pass.
@@ -34,66 +38,16 @@ MIN_SHARED_PREFIX = 16
 # Compact the KV cache once this many columns are padding no running sequence uses.
 COMPACT_MIN_COLUMNS = 64
 
-# lm-evaluation-harness's GSM8K stops ("Question:" ends the answer in the n-shot format).
-GSM8K_STOPS = ("Question:", "</s>", "<|im_end|>")
-
-_NUMBER = r"-?(?:\$\s?)?(?:\d[\d,]*(?:\.\d+)?|\.\d+)"
-_STRICT = [re.compile(r"####\s*(" + _NUMBER + ")"),
-           re.compile(r"[Tt]he answer is\s*:?\s*(" + _NUMBER + ")")]
-_FLEXIBLE = re.compile(_NUMBER)
-
 
 @dataclass
 class GenerationPrediction:
     question: Question
-    generation: str  # the model's text, cut at the first stop string
-    extracted_strict: str | None  # normalised number after '####' (or 'The answer is'), if any
-    extracted_flexible: str | None  # normalised last number in the generation, if any
-    gold: str  # normalised number after '####' in the reference solution
+    generation: str  # the model's text (special tokens removed), cut at the first stop string
+    extracted_strict: str  # lm-eval's 'strict-match' filter output ('[invalid]': no match)
+    extracted_flexible: str  # lm-eval's 'flexible-extract' filter output
+    gold: str  # the reference as exact_match compares it (GSM8K: the final number)
     correct_strict: bool
     correct: bool  # flexible match: what "accuracy" means for GSM8K in summary.json
-
-
-# ----------------------------------------------------------------------------- answers
-
-def normalize_number(s: str) -> str:
-    """A canonical spelling of a number: no '$', commas, '+', spaces or trailing '.'; '72.0' -> '72',
-    '2.50' -> '2.5', '-0' -> '0'. Text that is not a number comes back stripped, unchanged."""
-    text = s.strip().replace(",", "").replace("$", "").replace(" ", "").rstrip(".")
-    if text.startswith("+"):
-        text = text[1:]
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        return s.strip()
-    if not value.is_finite():
-        return s.strip()
-    if value == value.to_integral_value():
-        return str(int(value))
-    return format(value.normalize(), "f")
-
-
-def gsm8k_gold(answer_text: str) -> str:
-    """The reference answer: the number after the last '####' of a GSM8K solution, normalised."""
-    if "####" not in answer_text:
-        raise ValueError(f"GSM8K solution without '####': {answer_text[-80:]!r}")
-    return normalize_number(answer_text.rsplit("####", 1)[1].strip().split()[0])
-
-
-def extract_strict(text: str) -> str | None:
-    """The number after the first '#### ' (the n-shot format), else after the first 'The answer is'
-    (the chain-of-thought format); None when the model wrote neither."""
-    for pattern in _STRICT:
-        match = pattern.search(text)
-        if match:
-            return normalize_number(match.group(1))
-    return None
-
-
-def extract_flexible(text: str) -> str | None:
-    """The last number anywhere in the text (as lm-eval's 'flexible-extract'); None if there is none."""
-    numbers = _FLEXIBLE.findall(text)
-    return normalize_number(numbers[-1]) if numbers else None
 
 
 def cut_at_stop(text: str, stops: Iterable[str]) -> str:
@@ -237,6 +191,11 @@ def generate_greedy(model: Any, tokenizer: Any, prompts: list[str], *, stop_stri
                     share_prefix: bool = True) -> list[str]:
     """Greedy continuations of ``prompts``, each cut at its first stop string (or EOS token).
 
+    As lm-eval's HF backend at batch size 1: a sequence ends at an EOS token, after
+    ``max_new_tokens``, or once a stop string appears in its text with special tokens kept (so a
+    special ``<|im_end|>`` stops it); the result is its text decoded without special tokens, cut
+    at the first stop string.
+
     Up to ``batch_size`` sequences run together, longest prompts first. A sequence that finishes
     leaves the batch at once and the next prompt takes its place (continuous batching), so one long
     answer does not hold up the others. The longest token prefix shared by all prompts (the
@@ -285,8 +244,9 @@ def generate_greedy(model: Any, tokenizer: Any, prompts: list[str], *, stop_stri
                     done = token in eos_ids
                     if not done:
                         generated.append(token)
-                    text = tokenizer.decode(generated, skip_special_tokens=False)
-                    if done or len(generated) >= max_new_tokens or any(s in text for s in stops):
+                    raw = tokenizer.decode(generated, skip_special_tokens=False)
+                    if done or len(generated) >= max_new_tokens or any(s in raw for s in stops):
+                        text = tokenizer.decode(generated, skip_special_tokens=True)
                         results[running.index[row]] = cut_at_stop(text, stops)
                         advance(1)
                     else:
@@ -311,55 +271,76 @@ def generate_greedy(model: Any, tokenizer: Any, prompts: list[str], *, stop_stri
 
 # ----------------------------------------------------------------------------- GSM8K
 
-def gsm8k_prompts(tokenizer: Any, family: Any, questions: Sequence[Question], *, shots: int = 5,
-                  cot: bool = False, data_dir=None, chat: bool = False) -> list[str]:
-    """The harness prompts: the first ``shots`` train solutions (or the 8 CoT exemplars), then the
-    test item ``Question: {q}\nAnswer:``; in the chat template when ``chat``."""
-    from zhtune.data.benchmarks import few_shot_examples
-    from zhtune.data.prompts import gsm8k_item, gsm8k_prefix, wrap_chat
+def _gsm8k_spec():
+    from zhtune.data.specs import load_spec
 
-    examples = few_shot_examples("gsm8k", "main", shots, data_dir=data_dir) if shots and not cot else []
-    prefix = gsm8k_prefix(examples, cot=cot)
-    texts = [prefix + gsm8k_item(q) for q in questions]
+    return load_spec("gsm8k")
+
+
+def gsm8k_prompts(tokenizer: Any, family: Any, questions: Sequence[Question], *, shots: int = 5,
+                  cot: bool = False, data_dir=None, chat: bool = False,
+                  style: str = DEFAULT_STYLE) -> list[str]:
+    """One prompt per question: its solved shots (``gsm8k_exemplars``; with ``cot`` the 8 CoT
+    exemplars), then ``Question: {q}\nAnswer:``; in the chat template when ``chat``."""
+    from zhtune.data.prompts import gsm8k_exemplars, gsm8k_item, gsm8k_prefix, wrap_chat
+
+    if cot:
+        prefix = gsm8k_prefix([], cot=True, style=style)
+        texts = [prefix + gsm8k_item(q, style) for q in questions]
+    else:
+        shots_of = gsm8k_exemplars(questions, shots, style, data_dir=data_dir)
+        texts = [gsm8k_prefix(s, style=style) + gsm8k_item(q, style) for q, s in zip(questions, shots_of)]
     if chat:
         texts = [wrap_chat(tokenizer, family, t) for t in texts]
     return texts
 
 
-def gsm8k_stop_strings(tokenizer: Any, family: Any) -> list[str]:
-    """'Question:' (the next few-shot item; the CoT variant uses the same layout), '</s>',
-    '<|im_end|>', the family's stop strings and the tokenizer's EOS."""
+def gsm8k_stop_strings(tokenizer: Any, family: Any = None, chat: bool = False) -> list[str]:
+    """The spec's ``until`` ('Question:', '</s>', '<|im_end|>') and the tokenizer's EOS as text,
+    as lm-eval stops; in a chat template (``chat``) also the family's turn-end stops."""
     from zhtune.models.families import stop_strings
 
-    stops = list(GSM8K_STOPS)
-    if family is not None:
+    stops = list(_gsm8k_spec().generation.until)
+    eos_id = getattr(tokenizer, "eos_token_id", None)
+    if eos_id is not None:  # lm-eval adds decode([eos]) with special tokens kept
+        stops.append(tokenizer.decode([eos_id], skip_special_tokens=False))
+    if chat and family is not None:
         stops += stop_strings(tokenizer, family)
-    elif getattr(tokenizer, "eos_token", None):
-        stops.append(tokenizer.eos_token)
-    return list(dict.fromkeys(stops))
+    return list(dict.fromkeys(s for s in stops if s))
 
 
-def score_generation(question: Question, generation: str) -> GenerationPrediction:
-    gold = gsm8k_gold(question.answer or "")
-    strict = extract_strict(generation)
-    flexible = extract_flexible(generation)
+def score_generation(question: Question, generation: str, *, cot: bool = False,
+                     style: str = DEFAULT_STYLE) -> GenerationPrediction:
+    """Both of lm-eval's filters, each judged by its ``exact_match`` against the reference."""
+    from zhtune.data.prompts import gsm8k_target
+    from zhtune.eval.gsm8k_lmeval import exact_match, normalize_for_match, regex_filter
+
+    rules = _gsm8k_spec().generation
+    strict_rule = rules.cot_strict if cot and rules.cot_strict else rules.strict
+    strict = regex_filter(generation, strict_rule.regex, strict_rule.group_select, strict_rule.fallback)
+    flexible = regex_filter(generation, rules.flexible.regex, rules.flexible.group_select,
+                            rules.flexible.fallback)
+    reference = gsm8k_target(question, style)
+    options = rules.exact_match.model_dump()
     return GenerationPrediction(question=question, generation=generation, extracted_strict=strict,
-                                extracted_flexible=flexible, gold=gold,
-                                correct_strict=strict == gold, correct=flexible == gold)
+                                extracted_flexible=flexible,
+                                gold=normalize_for_match(reference, **options),
+                                correct_strict=exact_match(strict, reference, **options),
+                                correct=exact_match(flexible, reference, **options))
 
 
 def evaluate_gsm8k(model: Any, tokenizer: Any, family: Any, questions: Sequence[Question], *,
                    shots: int = 5, cot: bool = False, data_dir=None, batch_size: int = 8,
-                   max_new_tokens: int = 256, chat: bool = False,
+                   max_new_tokens: int = 256, chat: bool = False, style: str = DEFAULT_STYLE,
                    progress: bool = True) -> list[GenerationPrediction]:
     """Generate an answer for each GSM8K question and score it strictly and flexibly."""
-    unlabeled = [q.key for q in questions if not q.answer or "####" not in q.answer]
+    unlabeled = [q.key for q in questions if not q.answer]
     if unlabeled:
-        raise ValueError(f"GSM8K questions without a '####' answer: {', '.join(unlabeled[:5])}")
+        raise ValueError(f"GSM8K questions without a solution: {', '.join(unlabeled[:5])}")
     texts = gsm8k_prompts(tokenizer, family, questions, shots=shots, cot=cot, data_dir=data_dir,
-                          chat=chat)
+                          chat=chat, style=style)
     generations = generate_greedy(model, tokenizer, texts,
-                                  stop_strings=gsm8k_stop_strings(tokenizer, family),
+                                  stop_strings=gsm8k_stop_strings(tokenizer, family, chat),
                                   max_new_tokens=max_new_tokens, batch_size=batch_size,
                                   progress=progress)
-    return [score_generation(q, g) for q, g in zip(questions, generations)]
+    return [score_generation(q, g, cot=cot, style=style) for q, g in zip(questions, generations)]

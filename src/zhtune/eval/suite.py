@@ -2,7 +2,12 @@
 
 The folder format is the contract with the analysis stage (docs/ARCHITECTURE.md): ``summary.json``
 (accuracy, n and standard error per benchmark, category and subject; settings and their
-fingerprint; perplexity; throughput) and ``predictions.jsonl`` (one line per question).
+fingerprint; perplexity; throughput), ``predictions.jsonl`` (one line per question) and, with
+``write_prompts``, ``prompts.jsonl`` (the exact text each question was scored with).
+
+Cloze results are a benchmark of their own, ``<benchmark>_cloze`` (keys ``ceval_cloze/<subject>/…``),
+with the same entry schema as a letter benchmark; its headline ``accuracy`` is lm-eval's acc_norm
+(log-likelihood per character), and ``accuracy_unnormalized`` is acc.
 """
 from __future__ import annotations
 
@@ -17,18 +22,20 @@ from typing import Any, Sequence
 
 from zhtune import __version__
 from zhtune.config import EvalConfig, ModelConfig, fingerprint
+from zhtune.data.benchmarks import is_multiple_choice
 from zhtune.errors import UserError
 from zhtune.io import atomic_write_json, atomic_write_jsonl, default_data_dir
 
 log = logging.getLogger(__name__)
 
-MULTIPLE_CHOICE = ("ceval", "cmmlu", "mmlu")
+CLOZE_SUFFIX = "_cloze"
 
 
 @dataclass
 class EvalResult:
     summary: dict
     predictions: list[dict]
+    prompts: list[dict] | None = None  # prompts.jsonl rows (eval.write_prompts)
 
 
 # ----------------------------------------------------------------------------- questions
@@ -40,7 +47,7 @@ def _select_subjects(benchmarks: Sequence[str], subjects: Sequence[str] | None, 
     none of them is skipped, a name no selected benchmark has is an error."""
     from zhtune.data.benchmarks import list_subjects
 
-    mc = [b for b in benchmarks if b in MULTIPLE_CHOICE]
+    mc = [b for b in benchmarks if is_multiple_choice(b)]
     if not subjects:
         return {b: None for b in mc}
     chosen, seen = {}, set()
@@ -90,8 +97,8 @@ def load_questions(eval_cfg: EvalConfig, data_dir=None) -> dict[str, list]:
     per_benchmark = _select_subjects(eval_cfg.benchmarks, eval_cfg.subjects, data_dir)
     out: dict[str, list] = {}
     for b in eval_cfg.benchmarks:
-        if b == "gsm8k":
-            qs = load_benchmark("gsm8k", default_split("gsm8k"), data_dir=data_dir)
+        if not is_multiple_choice(b):
+            qs = load_benchmark(b, default_split(b), data_dir=data_dir)
             out[b] = qs[: eval_cfg.limit] if eval_cfg.limit else qs
         elif b in per_benchmark:
             qs = load_benchmark(b, default_split(b), data_dir=data_dir, subjects=per_benchmark[b])
@@ -113,6 +120,8 @@ def eval_settings(eval_cfg: EvalConfig) -> dict:
         "chat": eval_cfg.chat, "limit": eval_cfg.limit, "subjects": eval_cfg.subjects,
         "max_per_benchmark": eval_cfg.max_per_benchmark,
         "max_new_tokens": eval_cfg.max_new_tokens,
+        # Different styles or formulations score different prompts: runs are not comparable.
+        "style": eval_cfg.style, "formulation": eval_cfg.formulation,
     }
 
 
@@ -125,29 +134,95 @@ def accuracy_stats(correct: Sequence[bool]) -> dict:
     return {"accuracy": p, "n": n, "stderr": math.sqrt(p * (1 - p) / n) if n else 0.0}
 
 
-def _group_stats(rows: list[dict]) -> dict:
-    by_category: dict[str, list[bool]] = defaultdict(list)
+def mean_of_subjects(subjects: Sequence[dict]) -> dict:
+    """The official C-Eval / CMMLU score: the mean of subject accuracies (a macro average), with
+    the standard error of that mean, sqrt(sum of the subjects' variances) / number of subjects."""
+    k = len(subjects)
+    if not k:
+        return {"accuracy": 0.0, "n": 0, "stderr": 0.0}
+    return {"accuracy": sum(s["accuracy"] for s in subjects) / k, "n": sum(s["n"] for s in subjects),
+            "stderr": math.sqrt(sum(s["stderr"] ** 2 for s in subjects)) / k}
+
+
+def _group_stats(rows: list[dict], field: str = "correct", aggregation: str = "questions",
+                 extra_groups: dict[str, set[str]] | None = None) -> dict:
+    """Benchmark, category and subject scores of ``rows[field]``: the mean over questions, or with
+    ``aggregation="subjects"`` the mean of subject accuracies at benchmark and category level.
+    ``extra_groups`` (name -> subjects) are reported among the categories (CMMLU's
+    "China specific", whose subjects also count in their own category)."""
     by_subject: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
-        by_category[r["category"]].append(r["correct"])
         by_subject[r["subject"]].append(r)
+    subjects = {s: {**accuracy_stats([r[field] for r in v]), "category": v[0]["category"]}
+                for s, v in sorted(by_subject.items())}
+    groups: dict[str, list[str]] = defaultdict(list)
+    for s, v in subjects.items():
+        groups[v["category"]].append(s)
+    for name, members in (extra_groups or {}).items():
+        groups[name] = [s for s in subjects if s in members]
+
+    def score(names: list[str]) -> dict:
+        if aggregation == "subjects":
+            return mean_of_subjects([subjects[s] for s in names])
+        return accuracy_stats([r[field] for s in names for r in by_subject[s]])
+
     return {
-        **accuracy_stats([r["correct"] for r in rows]), "metric": "accuracy",
-        "categories": {c: accuracy_stats(v) for c, v in sorted(by_category.items())},
-        "subjects": {s: {**accuracy_stats([r["correct"] for r in v]), "category": v[0]["category"]}
-                     for s, v in sorted(by_subject.items())},
+        **score(list(subjects)), "metric": "accuracy", "aggregation": aggregation,
+        "categories": {c: score(names) for c, names in sorted(groups.items()) if names},
+        "subjects": subjects,
     }
 
 
-def _base_row(q) -> dict:
-    return {"key": q.key, "benchmark": q.benchmark, "subject": q.subject, "category": q.category,
+def _benchmark_entry(benchmark: str, rows: list[dict], style: str, cloze: bool) -> dict:
+    spec_groups, aggregation = _aggregation(benchmark, style)
+    if not cloze:
+        return _group_stats(rows, "correct", aggregation, spec_groups)
+    entry = _group_stats(rows, "correct", aggregation, spec_groups)  # acc_norm: the headline
+    raw = _group_stats(rows, "correct_unnormalized", aggregation, spec_groups)
+    entry.update({"metric": "acc_norm", "accuracy_norm": entry["accuracy"],
+                  "accuracy_unnormalized": raw["accuracy"], "stderr_unnormalized": raw["stderr"]})
+    return entry
+
+
+def _aggregation(benchmark: str, style: str) -> tuple[dict[str, set[str]], str]:
+    from zhtune.data.specs import load_spec
+
+    spec = load_spec(benchmark)
+    groups = {g: {s for s, info in spec.subjects.items() if g in info.groups} for g in spec.extra_groups}
+    return groups, spec.style(style).aggregation
+
+
+def _category(q, style: str) -> str:
+    from zhtune.data.specs import load_spec
+
+    spec = load_spec(q.benchmark)
+    return spec.category(q.subject, style) if q.subject in spec.subjects else q.category
+
+
+def _base_row(q, style: str = "lm-eval", benchmark: str | None = None) -> dict:
+    """The identifying fields; ``benchmark`` renames the benchmark (cloze rows: ``ceval_cloze``)
+    and with it the key, so that both formulations of a question pair separately."""
+    name = benchmark or q.benchmark
+    key = q.key if name == q.benchmark else f"{name}{q.key[len(q.benchmark):]}"
+    return {"key": key, "benchmark": name, "subject": q.subject, "category": _category(q, style),
             "split": q.split, "id": q.id}
 
 
-def _choice_rows(preds) -> list[dict]:
-    return [{**_base_row(p.question), "gold": p.question.answer, "pred": p.pred,
+def _choice_rows(preds, style: str = "lm-eval") -> list[dict]:
+    return [{**_base_row(p.question, style), "gold": p.question.answer, "pred": p.pred,
              "probs": {k: round(v, 6) for k, v in p.probs.items()}, "correct": p.correct}
             for p in preds]
+
+
+def _cloze_rows(preds, style: str) -> list[dict]:
+    from zhtune.data.benchmarks import LETTERS
+
+    return [{**_base_row(p.question, style, p.question.benchmark + CLOZE_SUFFIX),
+             "formulation": "cloze", "gold": p.question.answer, "pred": p.pred_norm,
+             "pred_unnormalized": p.pred,
+             "loglikelihoods": {k: round(v, 6) for k, v in zip(LETTERS, p.loglikelihoods)},
+             "lengths": dict(zip(LETTERS, p.lengths)),
+             "correct": p.correct_norm, "correct_unnormalized": p.correct} for p in preds]
 
 
 def _gsm8k_rows(preds) -> list[dict]:
@@ -174,51 +249,97 @@ def _perplexity(model, tokenizer, eval_cfg: EvalConfig, data_dir) -> dict:
     return out
 
 
+def _prompt_records(model, tokenizer, family, b: str, qs: list, eval_cfg: EvalConfig, data_dir,
+                    formulation: str) -> list[dict]:
+    """One ``prompts.jsonl`` line per question: the exact context and the scored continuations
+    (GSM8K: the stop strings), built by the same functions the scoring uses."""
+    if not is_multiple_choice(b):
+        from zhtune.eval.generation import gsm8k_prompts, gsm8k_stop_strings
+
+        texts = gsm8k_prompts(tokenizer, family, qs, shots=eval_cfg.gsm8k_shots, cot=eval_cfg.gsm8k_cot,
+                              data_dir=data_dir, chat=eval_cfg.chat, style=eval_cfg.style)
+        until = gsm8k_stop_strings(tokenizer, family, eval_cfg.chat)
+        return [{**_base_row(q, eval_cfg.style), "formulation": "generate", "context": t,
+                 "until": until} for q, t in zip(qs, texts)]
+    from zhtune.data.prompts import continuations
+    from zhtune.eval.choice import _subject_prompts
+
+    by_subject: dict[str, list] = defaultdict(list)
+    for q in qs:
+        by_subject[q.subject].append(q)
+    name = b + CLOZE_SUFFIX if formulation == "cloze" else b
+    out = []
+    for subject, group in by_subject.items():
+        _, texts = _subject_prompts(tokenizer, family, b, subject, group, eval_cfg.shots, data_dir,
+                                    eval_cfg.chat, eval_cfg.style, formulation)
+        out += [{**_base_row(q, eval_cfg.style, name), "formulation": formulation, "context": t,
+                 "continuations": continuations(b, q, eval_cfg.style, formulation)}
+                for q, t in zip(group, texts)]
+    return out
+
+
+def _formulations(eval_cfg: EvalConfig) -> list[str]:
+    return ["letter", "cloze"] if eval_cfg.formulation == "both" else [eval_cfg.formulation]
+
+
 def evaluate_model(model, tokenizer, family, eval_cfg: EvalConfig, data_dir=None, *,
                    label: str = "base", meta: dict | None = None, progress: bool = True) -> EvalResult:
     """Every selected benchmark (+ perplexity probes) on one model as it is now."""
-    from zhtune.eval.choice import score_choice
+    from zhtune.eval.choice import score_choice, score_cloze
 
     data_dir = default_data_dir(data_dir)
     questions = load_questions(eval_cfg, data_dir)
     settings = eval_settings(eval_cfg)
     keys = [q.key for b in eval_cfg.benchmarks for q in questions.get(b, [])]
     rows: list[dict] = []
+    prompt_rows: list[dict] = []
     benchmarks: dict[str, dict] = {}
     scored_seconds = 0.0
+    style = eval_cfg.style
+    scored = 0
     for b in eval_cfg.benchmarks:
         qs = questions.get(b)
         if not qs:
             continue
         log.info("[%s] %s: %d questions", label, b, len(qs))
-        t0 = time.perf_counter()
-        if b == "gsm8k":
-            from zhtune.eval.generation import evaluate_gsm8k
+        runs = ["generate"] if not is_multiple_choice(b) else _formulations(eval_cfg)
+        for formulation in runs:
+            t0 = time.perf_counter()
+            name = b + CLOZE_SUFFIX if formulation == "cloze" else b
+            if formulation == "generate":
+                from zhtune.eval.generation import evaluate_gsm8k
 
-            preds = evaluate_gsm8k(model, tokenizer, family, qs, shots=eval_cfg.gsm8k_shots,
-                                   cot=eval_cfg.gsm8k_cot, data_dir=data_dir,
-                                   batch_size=eval_cfg.batch_size,
-                                   max_new_tokens=eval_cfg.max_new_tokens, chat=eval_cfg.chat,
-                                   progress=progress)
-            seconds = time.perf_counter() - t0
-            b_rows = _gsm8k_rows(preds)
-            flexible = accuracy_stats([r["correct"] for r in b_rows])
-            strict = accuracy_stats([r["correct_strict"] for r in b_rows])
-            entry = {**flexible, "metric": "accuracy_flexible", "accuracy_strict": strict["accuracy"],
-                     "accuracy_flexible": flexible["accuracy"], "stderr_strict": strict["stderr"]}
-        else:
-            preds = score_choice(model, tokenizer, qs, shots=eval_cfg.shots, data_dir=data_dir,
-                                 batch_size=eval_cfg.batch_size, chat=eval_cfg.chat, family=family,
-                                 progress=progress)
-            seconds = time.perf_counter() - t0
-            b_rows = _choice_rows(preds)
-            entry = _group_stats(b_rows)
-            entry["cache_fallbacks"] = sum(not p.used_cache for p in preds)
-        entry["seconds"] = round(seconds, 3)
-        entry["questions_per_second"] = round(len(qs) / seconds, 3) if seconds else None
-        scored_seconds += seconds
-        benchmarks[b] = entry
-        rows.extend(b_rows)
+                preds = evaluate_gsm8k(model, tokenizer, family, qs, shots=eval_cfg.gsm8k_shots,
+                                       cot=eval_cfg.gsm8k_cot, data_dir=data_dir,
+                                       batch_size=eval_cfg.batch_size,
+                                       max_new_tokens=eval_cfg.max_new_tokens, chat=eval_cfg.chat,
+                                       style=style, progress=progress)
+                seconds = time.perf_counter() - t0
+                b_rows = _gsm8k_rows(preds)
+                flexible = accuracy_stats([r["correct"] for r in b_rows])
+                strict = accuracy_stats([r["correct_strict"] for r in b_rows])
+                entry = {**flexible, "metric": "accuracy_flexible", "accuracy_strict": strict["accuracy"],
+                         "accuracy_flexible": flexible["accuracy"], "stderr_strict": strict["stderr"]}
+            else:
+                score = score_cloze if formulation == "cloze" else score_choice
+                preds = score(model, tokenizer, qs, shots=eval_cfg.shots, data_dir=data_dir,
+                              batch_size=eval_cfg.batch_size, chat=eval_cfg.chat, family=family,
+                              progress=progress, style=style)
+                seconds = time.perf_counter() - t0
+                cloze = formulation == "cloze"
+                b_rows = _cloze_rows(preds, style) if cloze else _choice_rows(preds, style)
+                entry = _benchmark_entry(b, b_rows, style, cloze)
+                entry["cache_fallbacks"] = sum(not p.used_cache for p in preds)
+            entry["formulation"] = formulation
+            entry["seconds"] = round(seconds, 3)
+            entry["questions_per_second"] = round(len(qs) / seconds, 3) if seconds else None
+            scored_seconds += seconds
+            scored += len(qs)
+            benchmarks[name] = entry
+            rows.extend(b_rows)
+            if eval_cfg.write_prompts:
+                prompt_rows += _prompt_records(model, tokenizer, family, b, qs, eval_cfg, data_dir,
+                                               formulation)
 
     t0 = time.perf_counter()
     perplexity = _perplexity(model, tokenizer, eval_cfg, data_dir) if eval_cfg.perplexity else None
@@ -228,23 +349,28 @@ def evaluate_model(model, tokenizer, family, eval_cfg: EvalConfig, data_dir=None
         "model": getattr(getattr(model, "config", None), "_name_or_path", None), "adapter": None,
         "adapter_scale": None, "family": getattr(family, "name", family), "label": label,
         **(meta or {}),
+        "style": style,
         "settings": settings,
         "settings_fingerprint": fingerprint(settings, keys),
         "benchmarks": benchmarks,
         "perplexity": perplexity,
-        "throughput": {"questions": len(rows), "seconds": round(scored_seconds, 3),
-                       "questions_per_second": round(len(rows) / scored_seconds, 3) if scored_seconds else None,
+        "throughput": {"questions": scored, "seconds": round(scored_seconds, 3),
+                       "questions_per_second": round(scored / scored_seconds, 3) if scored_seconds else None,
                        "perplexity_seconds": round(perplexity_seconds, 3)},
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "zhtune_version": __version__,
     }
-    return EvalResult(summary=summary, predictions=rows)
+    return EvalResult(summary=summary, predictions=rows,
+                      prompts=prompt_rows if eval_cfg.write_prompts else None)
 
 
 def write_eval_output(result: EvalResult, out_dir) -> Path:
-    """predictions.jsonl, then summary.json: a folder with summary.json is complete."""
+    """predictions.jsonl (and prompts.jsonl), then summary.json: a folder with summary.json is
+    complete."""
     out = Path(out_dir)
     atomic_write_jsonl(out / "predictions.jsonl", result.predictions)
+    if result.prompts is not None:
+        atomic_write_jsonl(out / "prompts.jsonl", result.prompts)
     atomic_write_json(out / "summary.json", result.summary)
     return out
 

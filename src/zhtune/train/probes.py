@@ -1,7 +1,9 @@
 """Forgetting probes during training: small, fixed evaluations every N optimizer steps.
 
-A probe set is 40 C-Eval val and 40 MMLU test questions (spread round-robin over the subjects) and a
-few thousand characters of held-out Chinese and English text (the self-instruct seed tasks, see
+A probe set is a few questions of each chosen benchmark (by default 40 C-Eval val and 40 MMLU test
+questions; any benchmark with a spec can be listed, ``train.probes.benchmarks: {cmmlu: 40, ...}``),
+taken round-robin over the subjects of its scored split, and a few thousand characters of held-out
+Chinese and English text (the self-instruct seed tasks, see
 ``zhtune.eval.perplexity``). It is measured once before the first step (the baseline) and then every
 ``every_steps`` optimizer steps, inside the training process.
 
@@ -12,7 +14,8 @@ Definitions (all logged, and appended to ``probes.jsonl``):
   measurement; MMLU accuracy on 40 questions is not (one question is 2.5 points), so it is logged
   as ``english_retention_mmlu = mmlu_acc / base_mmlu_acc`` but decisions use the perplexity ratio.
 * ``chinese_gain_bits = base_zh_bpc - zh_bpc`` (bits per character gained on Chinese text) and
-  ``chinese_gain_ceval = ceval_acc - base_ceval_acc`` (accuracy points as a fraction).
+  ``chinese_gain_<b> = <b>_acc - base_<b>_acc`` for each Chinese benchmark (accuracy points as a
+  fraction); ``english_retention_<b> = <b>_acc / base_<b>_acc`` for each English one.
 * ``trade_off = (base_zh_bpc / zh_bpc - 1) + (base_en_bpc / en_bpc - 1)``: the relative improvement
   on Chinese text plus the relative change on English text, weighted equally; 0 at the baseline.
   ``keep_best`` saves the adapter whenever this score beats every earlier probe (never the baseline
@@ -39,52 +42,74 @@ import torch
 from transformers import TrainerCallback
 
 from zhtune.data.benchmarks import Question, round_robin
+from zhtune.data.specs import DEFAULT_STYLE
 from zhtune.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
+# The default probe set's metrics (other benchmarks add probe/<name>_acc).
 PROBE_KEYS = ("probe/ceval_acc", "probe/mmlu_acc", "probe/zh_bpc", "probe/en_bpc")
+GSM8K_PROBE_TOKENS = 256  # generation length of a generation benchmark's probe questions
 
 
 @dataclass
 class ProbeSet:
-    ceval: list[Question]
-    mmlu: list[Question]
+    questions: dict[str, list[Question]]  # benchmark -> its probe questions (an empty list: none)
     zh_texts: list[str]
     en_texts: list[str]
     shots: int
     data_dir: str | None = None  # where few-shot examples come from when shots > 0
+    style: str = DEFAULT_STYLE
 
 
 def build_probe_set(data_dir, *, ceval_questions: int = 40, mmlu_questions: int = 40,
-                    perplexity_chars: int = 4000, shots: int = 0) -> ProbeSet:
-    """The fixed probe set: C-Eval val and MMLU test questions round-robin over subjects, and the
-    first ``perplexity_chars`` characters of the zh / en probe texts."""
-    from zhtune.data.benchmarks import load_benchmark
+                    perplexity_chars: int = 4000, shots: int = 0,
+                    questions: dict[str, int] | None = None, style: str = DEFAULT_STYLE) -> ProbeSet:
+    """The fixed probe set: ``questions`` (benchmark -> how many; default C-Eval ``ceval_questions``
+    and MMLU ``mmlu_questions``) taken round-robin over the subjects of each benchmark's scored
+    split, and the first ``perplexity_chars`` characters of the zh / en probe texts."""
+    from zhtune.data.benchmarks import default_split, load_benchmark
     from zhtune.eval.perplexity import probe_texts
 
-    ceval = round_robin(load_benchmark("ceval", "val", data_dir), ceval_questions) if ceval_questions else []
-    mmlu = round_robin(load_benchmark("mmlu", "test", data_dir), mmlu_questions) if mmlu_questions else []
+    counts = questions if questions is not None else {"ceval": ceval_questions, "mmlu": mmlu_questions}
+    chosen = {b: round_robin(load_benchmark(b, default_split(b), data_dir), n) if n else []
+              for b, n in counts.items()}
     zh = probe_texts("zh", data_dir, perplexity_chars) if perplexity_chars else []
     en = probe_texts("en", data_dir, perplexity_chars) if perplexity_chars else []
-    return ProbeSet(ceval=ceval, mmlu=mmlu, zh_texts=zh, en_texts=en, shots=shots,
-                    data_dir=str(data_dir) if data_dir is not None else None)
+    return ProbeSet(questions=chosen, zh_texts=zh, en_texts=en, shots=shots,
+                    data_dir=str(data_dir) if data_dir is not None else None, style=style)
+
+
+def _accuracy(model, tokenizer, family, benchmark: str, questions: list[Question], probes: ProbeSet,
+              batch_size: int) -> float:
+    from zhtune.data.benchmarks import is_multiple_choice
+
+    if is_multiple_choice(benchmark):
+        from zhtune.eval.choice import score_choice
+
+        preds = score_choice(model, tokenizer, questions, shots=probes.shots, data_dir=probes.data_dir,
+                             batch_size=batch_size, chat=False, family=family, progress=False,
+                             style=probes.style)
+    else:
+        from zhtune.eval.generation import evaluate_gsm8k
+
+        preds = evaluate_gsm8k(model, tokenizer, family, questions, shots=probes.shots,
+                               data_dir=probes.data_dir, batch_size=batch_size,
+                               max_new_tokens=GSM8K_PROBE_TOKENS, style=probes.style, progress=False)
+    return sum(p.correct for p in preds) / len(preds)
 
 
 def run_probes(model: Any, tokenizer: Any, family: Any, probes: ProbeSet, *,
                batch_size: int = 8) -> dict:
-    """``{"probe/ceval_acc", "probe/mmlu_acc", "probe/zh_bpc", "probe/en_bpc"}`` for the model as it
-    is now (a key is left out when its part of the probe set is empty)."""
-    from zhtune.eval.choice import score_choice
+    """``{"probe/<benchmark>_acc" for each benchmark, "probe/zh_bpc", "probe/en_bpc"}`` for the model
+    as it is now (a key is left out when its part of the probe set is empty)."""
     from zhtune.eval.perplexity import bits_per_char
 
     out: dict[str, float] = {}
-    for name, questions in (("ceval", probes.ceval), ("mmlu", probes.mmlu)):
+    for name, questions in probes.questions.items():
         if questions:
-            preds = score_choice(model, tokenizer, questions, shots=probes.shots,
-                                 data_dir=probes.data_dir, batch_size=batch_size, chat=False,
-                                 family=family, progress=False)
-            out[f"probe/{name}_acc"] = sum(p.correct for p in preds) / len(preds)
+            out[f"probe/{name}_acc"] = _accuracy(model, tokenizer, family, name, questions, probes,
+                                                 batch_size)
     for name, texts in (("zh", probes.zh_texts), ("en", probes.en_texts)):
         if texts:
             out[f"probe/{name}_bpc"] = bits_per_char(model, tokenizer, texts,
@@ -97,14 +122,18 @@ def derived_metrics(metrics: dict, base: dict) -> dict:
     out: dict[str, float] = {}
     zh, en = metrics.get("probe/zh_bpc"), metrics.get("probe/en_bpc")
     base_zh, base_en = base.get("probe/zh_bpc"), base.get("probe/en_bpc")
+    from zhtune.data.benchmarks import CHINESE_BENCHMARKS, ENGLISH_BENCHMARKS
+
     if en and base_en:
         out["probe/english_retention"] = base_en / en
-    if metrics.get("probe/mmlu_acc") is not None and base.get("probe/mmlu_acc"):
-        out["probe/english_retention_mmlu"] = metrics["probe/mmlu_acc"] / base["probe/mmlu_acc"]
+    for b in ENGLISH_BENCHMARKS:
+        if metrics.get(f"probe/{b}_acc") is not None and base.get(f"probe/{b}_acc"):
+            out[f"probe/english_retention_{b}"] = metrics[f"probe/{b}_acc"] / base[f"probe/{b}_acc"]
     if zh is not None and base_zh is not None:
         out["probe/chinese_gain_bits"] = base_zh - zh
-    if metrics.get("probe/ceval_acc") is not None and base.get("probe/ceval_acc") is not None:
-        out["probe/chinese_gain_ceval"] = metrics["probe/ceval_acc"] - base["probe/ceval_acc"]
+    for b in CHINESE_BENCHMARKS:
+        if metrics.get(f"probe/{b}_acc") is not None and base.get(f"probe/{b}_acc") is not None:
+            out[f"probe/chinese_gain_{b}"] = metrics[f"probe/{b}_acc"] - base[f"probe/{b}_acc"]
     if zh and en and base_zh and base_en:
         out["probe/trade_off"] = (base_zh / zh - 1.0) + (base_en / en - 1.0)
     return out
@@ -255,7 +284,8 @@ class ForgettingProbeCallback(TrainerCallback):
         base = next((r for r in rows if r.get("baseline")), None)
         if base is None:
             return
-        self.baseline = {k: base[k] for k in PROBE_KEYS if k in base}
+        self.baseline = {k: v for k, v in base.items()
+                         if k.startswith("probe/") and k.endswith(("_acc", "_bpc"))}
         earlier = [r for r in rows if not r.get("baseline") and r["step"] <= global_step]
         scores = [r["probe/trade_off"] for r in earlier if r.get("saved_best")]
         self.best_score = max(scores, default=base.get("probe/trade_off"))
