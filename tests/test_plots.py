@@ -18,7 +18,7 @@ from zhtune.errors import UserError
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory):
     base, tuned = write_standard_pair(tmp_path_factory.mktemp("pair"))
-    return compare_runs(base, tuned, bootstrap_samples=200).to_dict()
+    return compare_runs(base, tuned).to_dict()
 
 
 def assert_chart(paths, min_png_bytes=5000):

@@ -1,63 +1,74 @@
 """Paired comparison of two evaluation runs: what fine-tuning gained in Chinese and what it forgot.
 
-Both runs answered the same questions, so every statistic here is paired by question key:
+This module is the orchestrator: it loads two evaluation folders, refuses incomparable ones, counts
+each question's pair of outcomes per (benchmark, subject) and hands the counts to the pure
+statistics of ``zhtune.analysis.stats`` (see its docstring for why each method). Per figure:
 
-- **McNemar's exact test.** Of the questions where the runs disagree, ``b`` were right before and
-  wrong after, ``c`` wrong before and right after. With no real change each discordant question is
-  equally likely to go either way, so p is the two-sided binomial test of ``c`` in ``b + c`` trials
-  at 1/2 (``scipy.stats.binomtest``). Agreeing questions carry no information about the change.
-- **Paired bootstrap 95% interval** for the change in accuracy (percentile method). A replicate
-  resamples questions with replacement, each keeping its (base, tuned) outcome pair. Aggregates
-  of several benchmarks (Chinese, English) use a *stratified* bootstrap: questions are resampled
-  within each benchmark, so every replicate keeps the real benchmarks' sizes, and the replicate's
-  change is the pooled (question-weighted) change. A subject, a category or one benchmark is
-  resampled as one set of questions (the plain paired bootstrap). Strata are not subjects: quick
-  runs take one question per subject, and resampling within one-question strata would give every
-  replicate the observed change, i.e. an interval of zero width. All draws come from one seeded
-  ``numpy.random.Generator`` in a fixed order, so intervals are reproducible.
+- **Change** tuned - base in points, with a **95% interval**: Tango's score interval for paired
+  proportions for a benchmark, a category or a subject; for the pooled **Chinese gain** (C-Eval +
+  CMMLU, tuned - base) and **English forgetting** (MMLU + GSM8K, base - tuned) the same interval
+  widened by a cluster-robust design effect (questions clustered by subject, stratified by
+  benchmark). An interval has zero width only when it has no question.
+- **p**: McNemar's exact test on the discordant questions. Pooled figures: the score test their
+  interval inverts, on the effective sample size (McNemar's exact p on the pooled questions, which
+  treats a subject's questions as independent, is kept as ``mcnemar_exact_p``).
+  **q**: Benjamini-Hochberg within each benchmark, separately for its subjects and its categories.
+- **Verdict** against a margin (``analysis.forgetting_margin`` for English, ``analysis.gain_margin``
+  for Chinese, in points). English: *forgot* (95% interval below 0), *improved* (above 0), *no
+  forgetting beyond the margin* (the one-sided 95% upper bound of forgetting, i.e. the bound of the
+  90% two-sided interval, is below the margin: Schuirmann's TOST at alpha = 0.05 for the side that
+  matters), else *inconclusive*. Chinese mirrors it: *improved*, *declined*, *no gain beyond the
+  margin*, *inconclusive*. Subjects and categories are called *forgot* / *improved* / *declined*
+  only when q < 0.05, and within the margin only when the q of the one-sided margin test is < 0.05.
+- **Minimum detectable change** (80% power, two-sided alpha = 0.05) at the figure's n and observed
+  discordance, and the questions needed to detect the margin.
 
-The **Chinese gain** is tuned - base over the C-Eval and CMMLU questions pooled; the **English
-forgetting** is base - tuned over MMLU and GSM8K pooled (positive = forgot). A benchmark is flagged
-"significant forgetting" only when its whole interval for the change lies below zero *and* McNemar's
-p < 0.05: with a handful of questions the percentile bootstrap is too narrow (3 questions all
-flipped give the interval [100, 100] but p = 0.25), so the two must agree.
+Everything is deterministic: the same folders give the same comparison.json.
 """
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-from scipy.stats import binomtest
 
+from zhtune.analysis.stats import (FORGETTING, GAIN, LOSS_VERDICTS, bh_qvalues, clustered_interval,
+                                   clustered_score_p, mcnemar_exact, min_detectable_change, noninferiority_p,
+                                   questions_needed, tango_interval, verdict)
 from zhtune.data.benchmarks import BENCHMARKS, CHINESE_BENCHMARKS, ENGLISH_BENCHMARKS
 from zhtune.errors import UserError
 from zhtune.io import atomic_write_json, iter_jsonl
 
 CONFIDENCE = 0.95
-ALPHA = 0.05  # a change is called significant only when the interval excludes 0 AND McNemar p < ALPHA
+ALPHA = 0.05  # subjects and categories are flagged at BH q < ALPHA
+POWER = 0.80
+FORGETTING_MARGIN = 2.0  # points; the defaults of analysis.forgetting_margin / analysis.gain_margin
+GAIN_MARGIN = 2.0
 # Keys every prediction line must have for a paired comparison.
 _REQUIRED = ("key", "benchmark", "subject", "correct")
+METHOD_SCORE = "Tango score interval for paired proportions"
+METHOD_CLUSTERED = ("Tango score interval on the effective sample size: cluster-robust design effect "
+                    "(questions clustered by subject, stratified by benchmark, t with subjects - benchmarks df)")
 STATISTICS_METHOD = (
-    "Paired by question key. p: McNemar's exact test (two-sided binomial test on the discordant "
-    "questions, b = right before and wrong after, c = wrong before and right after). Intervals: "
-    "95% paired bootstrap percentile intervals for the change in accuracy; a subject, category or "
-    "benchmark is resampled as one set of questions, and the pooled Chinese and English figures "
-    "resample within each benchmark (stratified) so every replicate keeps the benchmark sizes. "
-    "A change is called significant only when its interval excludes zero and McNemar's p < 0.05: with "
-    "few questions the percentile bootstrap interval is too narrow, so both tests must agree. "
-    "Significant forgetting: the whole interval of the change lies below zero (and p < 0.05)."
+    "Paired by question key. Intervals: 95% Tango score intervals for the change in accuracy of a "
+    "benchmark, category or subject (never of zero width; 95-96% coverage once about five questions are "
+    "expected to change, conservative with fewer); the pooled Chinese and English figures use the same interval with a "
+    "cluster-robust design effect (questions clustered by subject, stratified by benchmark; Miller 2024). "
+    "p: McNemar's exact test (two-sided binomial test on the discordant questions); for the pooled figures "
+    "the score test on the effective sample size, which agrees with their interval. q: Benjamini-Hochberg "
+    "adjusted p within each benchmark, separately for subjects and for categories; a subject or category "
+    "is flagged only when q < 0.05. Verdicts: forgot / improved / declined when the 95% interval excludes "
+    "0 (subjects and categories: q < 0.05); 'no forgetting beyond the margin' when the one-sided 95% upper "
+    "bound of forgetting (the 90% two-sided interval's bound) is below the margin: a TOST "
+    "(Schuirmann 1987) at alpha = 0.05 for the side that matters ('no gain beyond the margin' likewise for "
+    "Chinese); otherwise inconclusive. Minimum detectable change: 80% power, two-sided alpha = 0.05, "
+    "McNemar's test at the figure's observed discordance and n (Connor 1987); pooled figures use n divided by "
+    "their design effect."
 )
-
-
-def significance(ci_low: float, ci_high: float, p_value: float) -> int:
-    """+1 significant gain, -1 significant loss, 0 neither (see ALPHA)."""
-    if p_value >= ALPHA:
-        return 0
-    return 1 if ci_low > 0 else -1 if ci_high < 0 else 0
 
 
 # ----------------------------------------------------------------------------------- loading runs
@@ -209,101 +220,150 @@ def check_comparable(base: EvalRun, tuned: EvalRun) -> None:
 
 
 # ----------------------------------------------------------------------------------- statistics
-def mcnemar_exact(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value: binomial test of c successes in b + c trials at 1/2."""
-    if b + c == 0:
-        return 1.0
-    return float(binomtest(c, b + c, 0.5, alternative="two-sided").pvalue)
+def _kind(benchmark: str) -> str:
+    """Chinese benchmarks are judged on what they gained, English ones on what they forgot."""
+    return GAIN if benchmark.removesuffix("_cloze") in CHINESE_BENCHMARKS else FORGETTING  # ceval_cloze: zh
 
 
 @dataclass
-class Stratum:
-    """Paired outcome counts of one (benchmark, subject): n questions, b right->wrong, c wrong->right."""
+class Counts:
+    """Paired outcome counts of one set of questions: n, b right->wrong, c wrong->right."""
 
-    n: int
-    b: int
-    c: int
+    n: int = 0
+    base_correct: int = 0
+    tuned_correct: int = 0
+    b: int = 0
+    c: int = 0
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(self.n + other.n, self.base_correct + other.base_correct,
+                      self.tuned_correct + other.tuned_correct, self.b + other.b, self.c + other.c)
 
 
-def bootstrap_sums(stratum: Stratum, samples: int, rng: np.random.Generator) -> np.ndarray:
-    """Per replicate, the summed change (tuned - base, in questions) of ``n`` questions resampled
-    with replacement. Each question's change is -1 (right->wrong), +1 (wrong->right) or 0, so the
-    counts drawn of each kind are exactly Multinomial(n, (b/n, c/n, rest)): drawing them directly
-    is the same bootstrap as drawing question indices, without materialising n x samples indices."""
-    if stratum.n == 0:
-        return np.zeros(samples)
-    p = np.array([stratum.b, stratum.c, stratum.n - stratum.b - stratum.c], dtype=float) / stratum.n
-    counts = rng.multinomial(stratum.n, p, size=samples)
-    return (counts[:, 1] - counts[:, 0]).astype(float)
+def _total(counts: Sequence[Counts]) -> Counts:
+    return sum(counts, Counts())
 
 
 @dataclass
 class GroupStats:
     """Base vs tuned on one set of questions (a subject, category, benchmark or pooled group)."""
 
-    n: int
-    base_correct: int
-    tuned_correct: int
-    b: int  # right in base, wrong in tuned
-    c: int  # wrong in base, right in tuned
-    ci_low: float  # points, change tuned - base
+    counts: Counts
+    kind: str  # FORGETTING or GAIN: which side of the change the verdict is about
+    margin: float  # points
+    ci_low: float  # points, change tuned - base, 95% interval
     ci_high: float
+    bound_low: float  # points, one-sided 95% bounds (the 90% two-sided interval)
+    bound_high: float
     p_value: float
+    method: str
+    design_effect: float = 1.0  # > 1 for pooled figures whose subjects change together
+    mcnemar_p: float | None = None  # pooled figures: McNemar's exact p ignoring clustering (p_value allows for it)
+    q_value: float | None = None  # BH-adjusted p, for subjects and categories
+    equivalence_q: float | None = None  # BH-adjusted p of the one-sided margin test, likewise
+
+    n = property(lambda self: self.counts.n)
+    b = property(lambda self: self.counts.b)
+    c = property(lambda self: self.counts.c)
 
     @property
     def base_accuracy(self) -> float:
-        return self.base_correct / self.n
+        return self.counts.base_correct / self.n
 
     @property
     def tuned_accuracy(self) -> float:
-        return self.tuned_correct / self.n
+        return self.counts.tuned_correct / self.n
 
     @property
     def change_points(self) -> float:
-        return 100.0 * (self.tuned_correct - self.base_correct) / self.n
+        return 100.0 * (self.counts.tuned_correct - self.counts.base_correct) / self.n
 
     @property
-    def direction(self) -> int:
-        return significance(self.ci_low, self.ci_high, self.p_value)
+    def discordance(self) -> float:
+        return (self.b + self.c) / self.n
+
+    @property
+    def verdict(self) -> str:
+        adjusted = self.q_value is not None
+        return verdict(self.change_points, self.ci_low, self.ci_high, self.bound_low, self.bound_high, self.margin,
+                       kind=self.kind, significant=self.q_value < ALPHA if adjusted else None,
+                       equivalent=self.equivalence_q < ALPHA if adjusted else None)
+
+    @property
+    def min_detectable_change(self) -> float | None:
+        """Points; at the effective number of questions for pooled figures."""
+        mdc = min_detectable_change(self.n / self.design_effect, self.discordance, alpha=ALPHA, power=POWER)
+        return None if mdc is None else 100.0 * mdc
+
+    @property
+    def questions_for_margin(self) -> int | None:
+        needed = questions_needed(self.margin / 100.0, self.discordance, alpha=ALPHA, power=POWER)
+        return None if needed is None else math.ceil(needed * self.design_effect)
 
     def to_dict(self) -> dict:
-        base, tuned = self.base_accuracy, self.tuned_accuracy
-        return {
+        base, tuned, v = self.base_accuracy, self.tuned_accuracy, self.verdict
+        out = {
             "n": self.n, "base_accuracy": base, "tuned_accuracy": tuned,
-            "change_points": self.change_points,
+            "change_points": self.change_points, "estimate": self.change_points,
             "relative_change": (tuned - base) / base if base else None,
             "retention": tuned / base if base else None,
-            "ci_low": self.ci_low, "ci_high": self.ci_high, "p_value": self.p_value,
-            "base_right_tuned_wrong": self.b, "base_wrong_tuned_right": self.c,
-            "significant_forgetting": self.direction < 0, "significant_gain": self.direction > 0,
+            "ci_low": self.ci_low, "ci_high": self.ci_high, "interval": [self.ci_low, self.ci_high],
+            "confidence": CONFIDENCE, "one_sided_bounds": [self.bound_low, self.bound_high],
+            "method": self.method, "p_value": self.p_value,
         }
+        if self.q_value is not None:
+            out.update(q_value=self.q_value, equivalence_q=self.equivalence_q)
+        out.update({
+            "verdict": v, "verdict_about": self.kind, "margin": self.margin,
+            "min_detectable_change": self.min_detectable_change, "discordance": self.discordance,
+            "questions_for_margin": self.questions_for_margin,
+            "base_right_tuned_wrong": self.b, "base_wrong_tuned_right": self.c,
+            "significant_forgetting": v in LOSS_VERDICTS, "significant_gain": v == "improved",
+        })
+        if self.method == METHOD_CLUSTERED:
+            out.update(design_effect=self.design_effect, mcnemar_exact_p=self.mcnemar_p)
+        return out
 
 
-def _group_stats(strata: Sequence[Stratum], sums: Sequence[np.ndarray], base_correct: int,
-                 tuned_correct: int) -> GroupStats:
-    n = sum(s.n for s in strata)
-    b, c = sum(s.b for s in strata), sum(s.c for s in strata)
-    changes = 100.0 * np.sum(sums, axis=0) / n
-    lo, hi = np.percentile(changes, [100 * (1 - CONFIDENCE) / 2, 100 * (1 + CONFIDENCE) / 2])
-    # Rounded to drop float noise (-1e-14 is zero, not a loss).
-    return GroupStats(n=n, base_correct=base_correct, tuned_correct=tuned_correct, b=b, c=c,
-                      ci_low=round(float(lo), 9) + 0.0, ci_high=round(float(hi), 9) + 0.0,
-                      p_value=mcnemar_exact(b, c))
+def _points(fraction: Any) -> float:
+    """A fraction as points, rounded to drop float noise (-1e-14 is zero, not a loss)."""
+    return round(100.0 * float(fraction), 9) + 0.0
 
 
-def _merged(cells: dict[tuple[str, str], dict], members: list[tuple[str, str]]) -> Stratum:
-    return Stratum(n=sum(cells[m]["n"] for m in members), b=sum(cells[m]["b"] for m in members),
-                   c=sum(cells[m]["c"] for m in members))
+def paired_stats(counts: Counts, kind: str, margin: float) -> GroupStats:
+    """One subject, category or benchmark: Tango's interval on its questions."""
+    low, high = tango_interval(counts.b, counts.c, counts.n, CONFIDENCE)
+    low90, high90 = tango_interval(counts.b, counts.c, counts.n, 1 - 2 * ALPHA)
+    return GroupStats(counts=counts, kind=kind, margin=margin, ci_low=_points(low), ci_high=_points(high),
+                      bound_low=_points(low90), bound_high=_points(high90),
+                      p_value=mcnemar_exact(counts.b, counts.c), method=METHOD_SCORE)
 
 
-def _aggregate(cells: dict[tuple[str, str], dict], members: Iterable[tuple[str, str]],
-               samples: int, rng: np.random.Generator) -> tuple[GroupStats, np.ndarray]:
-    """One set of questions (a subject, a category or a benchmark), resampled as a whole."""
-    members = list(members)
-    stratum = _merged(cells, members)
-    sums = bootstrap_sums(stratum, samples, rng)
-    return _group_stats([stratum], [sums], sum(cells[m]["base_correct"] for m in members),
-                        sum(cells[m]["tuned_correct"] for m in members)), sums
+def pooled_stats(cells: dict[tuple[str, str], Counts], kind: str, margin: float) -> GroupStats:
+    """Several benchmarks pooled, questions clustered by subject and stratified by benchmark."""
+    keys = list(cells)
+    stratum = np.array([bench for bench, _ in keys])
+    n, b, c = (np.array([getattr(cells[k], f) for k in keys], dtype=float) for f in ("n", "b", "c"))
+    low, high, deff = clustered_interval(stratum, n, b, c, CONFIDENCE)
+    low90, high90, _ = clustered_interval(stratum, n, b, c, 1 - 2 * ALPHA)
+    total = _total(list(cells.values()))
+    return GroupStats(counts=total, kind=kind, margin=margin, ci_low=_points(low), ci_high=_points(high),
+                      bound_low=_points(low90), bound_high=_points(high90),
+                      p_value=float(clustered_score_p(total.b, total.c, deff)), method=METHOD_CLUSTERED,
+                      design_effect=float(deff), mcnemar_p=mcnemar_exact(total.b, total.c))
+
+
+def adjust_family(groups: Sequence[GroupStats]) -> None:
+    """Benjamini-Hochberg within one family (a benchmark's subjects, or its categories): the q of
+    McNemar's p for the forgot / improved flags, and the q of the one-sided margin test for the
+    within-the-margin verdict, so neither kind of claim is made by chance among many subjects."""
+    if not groups:
+        return
+    q = bh_qvalues(np.array([g.p_value for g in groups]))
+    eq_p = [float(noninferiority_p(g.b, g.c, g.n, g.margin / 100.0, kind=g.kind)) for g in groups]
+    eq_q = bh_qvalues(np.array(eq_p))
+    for g, qv, eqv in zip(groups, q, eq_q, strict=True):
+        g.q_value, g.equivalence_q = float(qv), float(eqv)
 
 
 def _bench_order(name: str) -> tuple[int, str]:
@@ -324,8 +384,8 @@ class Comparison:
     chinese: GroupStats | None
     english: GroupStats | None
     perplexity: dict[str, dict]
-    bootstrap_samples: int
-    seed: int
+    forgetting_margin: float = FORGETTING_MARGIN
+    gain_margin: float = GAIN_MARGIN
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -334,12 +394,14 @@ class Comparison:
 
     @property
     def significant_forgetting(self) -> list[str]:
-        return [name for name, g in self.benchmarks.items() if g.direction < 0]
+        """Benchmarks whose accuracy fell (verdict forgot, or declined for a Chinese one)."""
+        return [name for name, g in self.benchmarks.items() if g.verdict in LOSS_VERDICTS]
 
     def headline(self) -> dict:
-        """Chinese gain and English forgetting (points, interval, p), as in comparison.json."""
-        return {"chinese_gain": _figure(self.chinese, CHINESE_BENCHMARKS, self.benchmarks, forgetting=False),
-                "english_forgetting": _figure(self.english, ENGLISH_BENCHMARKS, self.benchmarks, forgetting=True)}
+        """Chinese gain and English forgetting (points, interval, p, verdict), as in comparison.json."""
+        chinese_names, english_names = headline_benchmarks(self.benchmarks)
+        return {"chinese_gain": _figure(self.chinese, chinese_names, self.benchmarks, forgetting=False),
+                "english_forgetting": _figure(self.english, english_names, self.benchmarks, forgetting=True)}
 
     def to_dict(self) -> dict:
         return {
@@ -354,33 +416,60 @@ class Comparison:
             "subjects": {b: {k: {**g.to_dict(), "category": self.subject_categories[b].get(k)}
                              for k, g in subs.items()} for b, subs in self.subjects.items()},
             "perplexity": self.perplexity,
-            "statistics": {"bootstrap_samples": self.bootstrap_samples, "seed": self.seed,
-                           "confidence": CONFIDENCE, "method": STATISTICS_METHOD},
+            "statistics": {"confidence": CONFIDENCE, "equivalence_confidence": "one-sided 95% (90% two-sided)",
+                           "alpha": ALPHA, "power": POWER, "forgetting_margin": self.forgetting_margin,
+                           "gain_margin": self.gain_margin, "method": STATISTICS_METHOD},
             "notes": self.notes,
         }
+
+
+def headline_benchmarks(benchmarks: Iterable[str]) -> tuple[list[str], list[str]]:
+    """The benchmarks pooled into the Chinese and English headlines: the letter formulation's where
+    the runs have it (the published one), else the cloze formulation's (``--formulation cloze``, for
+    small models at chance on letters). GSM8K has one formulation and is English either way; the
+    two formulations of one question are never pooled together (they are not independent)."""
+    present = list(benchmarks)
+    letter = [b for b in present if not b.endswith("_cloze")]
+    use_cloze = not any(b in CHINESE_BENCHMARKS + ENGLISH_BENCHMARKS and b != "gsm8k" for b in letter)
+    chosen = [b for b in present if b.endswith("_cloze") or b == "gsm8k"] if use_cloze else letter
+    chosen.sort(key=lambda b: BENCHMARKS.index(b.removesuffix("_cloze")))  # the specs' order
+    chinese = [b for b in chosen if b.removesuffix("_cloze") in CHINESE_BENCHMARKS]
+    english = [b for b in chosen if b.removesuffix("_cloze") in ENGLISH_BENCHMARKS]
+    return chinese, english
 
 
 def _figure(g: GroupStats | None, names: Sequence[str], benchmarks: dict[str, GroupStats],
             *, forgetting: bool) -> dict | None:
     """The Chinese-gain (tuned - base) or English-forgetting (base - tuned) headline figure.
 
-    ``change_points``, ``ci_low`` and ``ci_high`` are the figure itself in its own direction, so a
-    positive English figure means forgetting; ``tuned_minus_base_points`` is always tuned - base."""
+    ``change_points``/``estimate``, ``ci_low``/``ci_high``/``interval`` and ``one_sided_bounds`` are
+    the figure itself in its own direction, so a positive English figure means forgetting;
+    ``tuned_minus_base_points`` is always tuned - base."""
     if g is None:
         return None
+    d = g.to_dict()
     sign = -1.0 if forgetting else 1.0
-    lo, hi = sorted((sign * g.ci_low, sign * g.ci_high))
+    lo, hi = sorted((sign * g.ci_low + 0.0, sign * g.ci_high + 0.0))
+    bounds = sorted((sign * g.bound_low + 0.0, sign * g.bound_high + 0.0))
+    loss, gain = d["verdict"] in LOSS_VERDICTS, d["verdict"] == "improved"
     return {
         "definition": ("base - tuned accuracy, points (positive = forgot)" if forgetting
                        else "tuned - base accuracy, points (positive = gained)"),
         "benchmarks": [b for b in names if b in benchmarks],
         "n_by_benchmark": {b: benchmarks[b].n for b in names if b in benchmarks},
         "n": g.n, "base_accuracy": g.base_accuracy, "tuned_accuracy": g.tuned_accuracy,
-        "change_points": sign * g.change_points, "ci_low": lo, "ci_high": hi, "p_value": g.p_value,
+        "change_points": sign * g.change_points + 0.0, "estimate": sign * g.change_points + 0.0,
+        "ci_low": lo, "ci_high": hi, "interval": [lo, hi], "confidence": CONFIDENCE, "one_sided_bounds": bounds,
+        "method": g.method, "design_effect": g.design_effect, "p_value": g.p_value,
+        "p_method": "score test on the effective sample size (what the interval inverts)",
+        "mcnemar_exact_p": g.mcnemar_p,
+        "verdict": d["verdict"], "verdict_about": g.kind, "margin": g.margin,
+        "min_detectable_change": d["min_detectable_change"], "discordance": g.discordance,
+        "questions_for_margin": d["questions_for_margin"],
         "tuned_minus_base_points": g.change_points,
         "retention": g.tuned_accuracy / g.base_accuracy if g.base_accuracy else None,
-        "significant": g.direction == (-1 if forgetting else 1),
-        "significant_opposite": g.direction == (1 if forgetting else -1),
+        "significant": loss if forgetting else gain,
+        "significant_opposite": gain if forgetting else loss,
     }
 
 
@@ -400,60 +489,65 @@ def _perplexity(base: EvalRun, tuned: EvalRun) -> dict[str, dict]:
     return out
 
 
-def compare_loaded(base: EvalRun, tuned: EvalRun, *, bootstrap_samples: int = 2000,
-                   seed: int = 0) -> Comparison:
-    """Compare two loaded runs (see the module docstring for the statistics)."""
-    if bootstrap_samples < 1:
-        raise UserError(f"bootstrap_samples must be at least 1, got {bootstrap_samples}")
-    check_comparable(base, tuned)
-    rng = np.random.default_rng(seed)
-    # One cell per (benchmark, subject), in a fixed order so the seeded draws are reproducible.
-    raw: dict[tuple[str, str], dict] = {}
+def _check_margin(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= 100):
+        raise UserError(f"{name} must be between 0 and 100 points, got {value!r}")
+
+
+def paired_cells(base: EvalRun, tuned: EvalRun) -> tuple[dict[tuple[str, str], Counts], dict[str, dict[str, str]]]:
+    """Paired counts per (benchmark, subject), in benchmark then subject order, and each subject's category."""
+    raw: dict[tuple[str, str], Counts] = defaultdict(Counts)
     subject_categories: dict[str, dict[str, str]] = defaultdict(dict)
-    for key in sorted(base.predictions):
-        bp, tp = base.predictions[key], tuned.predictions[key]
-        cell_key = (bp["benchmark"], bp["subject"])
-        cell = raw.setdefault(cell_key, {"n": 0, "b": 0, "c": 0, "base_correct": 0, "tuned_correct": 0})
-        cell["n"] += 1
-        cell["base_correct"] += bp["correct"]
-        cell["tuned_correct"] += tp["correct"]
-        cell["b"] += bp["correct"] and not tp["correct"]
-        cell["c"] += tp["correct"] and not bp["correct"]
+    for key, bp in base.predictions.items():
+        tp = tuned.predictions[key]
+        b_ok, t_ok = bp["correct"], tp["correct"]
+        raw[(bp["benchmark"], bp["subject"])] += Counts(1, int(b_ok), int(t_ok), int(b_ok and not t_ok),
+                                                         int(t_ok and not b_ok))
         subject_categories[bp["benchmark"]][bp["subject"]] = bp.get("category") or "Other"
-    cells = {ck: raw[ck] for ck in sorted(raw, key=lambda k: (_bench_order(k[0]), k[1]))}
+    cells = {k: raw[k] for k in sorted(raw, key=lambda k: (_bench_order(k[0]), k[1]))}
+    return cells, dict(subject_categories)
 
-    def draw(members):
-        return _aggregate(cells, members, bootstrap_samples, rng)
 
-    benchmarks, categories, subjects, bench_sums = {}, {}, {}, {}
-    for bench in sorted({b for b, _ in cells}, key=_bench_order):
+def compare_loaded(base: EvalRun, tuned: EvalRun, *, forgetting_margin: float = FORGETTING_MARGIN,
+                   gain_margin: float = GAIN_MARGIN) -> Comparison:
+    """Compare two loaded runs (see the module docstring for the statistics)."""
+    _check_margin("forgetting_margin", forgetting_margin)
+    _check_margin("gain_margin", gain_margin)
+    check_comparable(base, tuned)
+    cells, subject_categories = paired_cells(base, tuned)
+
+    def margin(kind: str) -> float:
+        return gain_margin if kind == GAIN else forgetting_margin
+
+    benchmarks, categories, subjects = {}, {}, {}
+    for bench in dict.fromkeys(b for b, _ in cells):
+        kind = _kind(bench)
         keys = [k for k in cells if k[0] == bench]
-        benchmarks[bench], bench_sums[bench] = draw(keys)
-        subjects[bench] = {s: draw([(bench, s)])[0] for _, s in keys}
-        cats = defaultdict(list)
-        for k in keys:
-            cats[subject_categories[bench][k[1]]].append(k)
-        categories[bench] = {cat: draw(members)[0] for cat, members in sorted(cats.items())}
+        benchmarks[bench] = paired_stats(_total([cells[k] for k in keys]), kind, margin(kind))
+        subjects[bench] = {s: paired_stats(cells[(bench, s)], kind, margin(kind)) for _, s in keys}
+        by_category: dict[str, list[Counts]] = defaultdict(list)
+        for _, s in keys:
+            by_category[subject_categories[bench][s]].append(cells[(bench, s)])
+        categories[bench] = {cat: paired_stats(_total(members), kind, margin(kind))
+                             for cat, members in sorted(by_category.items())}
+        adjust_family(list(subjects[bench].values()))
+        adjust_family(list(categories[bench].values()))
 
-    def pooled(names):  # stratified by benchmark: the replicates drawn for each benchmark, summed
-        names = [b for b in benchmarks if b in names]
-        if not names:
-            return None
-        members = [k for k in cells if k[0] in names]
-        return _group_stats([_merged(cells, [k for k in members if k[0] == b]) for b in names],
-                            [bench_sums[b] for b in names],
-                            sum(cells[m]["base_correct"] for m in members),
-                            sum(cells[m]["tuned_correct"] for m in members))
+    def pooled(names: Sequence[str], kind: str) -> GroupStats | None:
+        members = {k: v for k, v in cells.items() if k[0] in names}
+        return pooled_stats(members, kind, margin(kind)) if members else None
+
+    chinese_names, english_names = headline_benchmarks(benchmarks)
 
     notes = _consistency_notes(base, benchmarks, "base") + _consistency_notes(tuned, benchmarks, "tuned")
     if base.summary.get("model") != tuned.summary.get("model"):
         notes.append(f"the runs evaluated different models: {base.summary.get('model')} (base) and "
                      f"{tuned.summary.get('model')} (tuned)")
     return Comparison(base=base, tuned=tuned, benchmarks=benchmarks, categories=categories,
-                      subjects=subjects, subject_categories=dict(subject_categories),
-                      chinese=pooled(CHINESE_BENCHMARKS), english=pooled(ENGLISH_BENCHMARKS),
-                      perplexity=_perplexity(base, tuned), bootstrap_samples=bootstrap_samples,
-                      seed=seed, notes=notes)
+                      subjects=subjects, subject_categories=subject_categories,
+                      chinese=pooled(chinese_names, GAIN), english=pooled(english_names, FORGETTING),
+                      perplexity=_perplexity(base, tuned), forgetting_margin=forgetting_margin,
+                      gain_margin=gain_margin, notes=notes)
 
 
 def _consistency_notes(run: EvalRun, benchmarks: dict[str, GroupStats], side: str) -> list[str]:
@@ -468,8 +562,8 @@ def _consistency_notes(run: EvalRun, benchmarks: dict[str, GroupStats], side: st
     return notes
 
 
-def compare_runs(base_dir: str | Path, tuned_dir: str | Path, *, bootstrap_samples: int = 2000,
-                 seed: int = 0, output_dir: str | Path | None = None) -> Comparison:
+def compare_runs(base_dir: str | Path, tuned_dir: str | Path, *, forgetting_margin: float = FORGETTING_MARGIN,
+                 gain_margin: float = GAIN_MARGIN, output_dir: str | Path | None = None) -> Comparison:
     """Compare a base evaluation with one tuned evaluation; write ``output_dir/comparison.json``.
 
     ``base_dir`` may be a multi-run folder, whose ``base`` run is used; ``tuned_dir`` must hold
@@ -479,14 +573,14 @@ def compare_runs(base_dir: str | Path, tuned_dir: str | Path, *, bootstrap_sampl
         raise UserError(f"{tuned_dir} holds several tuned runs ({', '.join(r.label for r in tuned)}); name one as "
                         f"{Path(tuned_dir) / tuned[0].label}, or use compare_many / several TUNED_DIRs")
     comparison = compare_loaded(load_run(base_dir, prefer="base"), tuned[0],
-                                bootstrap_samples=bootstrap_samples, seed=seed)
+                                forgetting_margin=forgetting_margin, gain_margin=gain_margin)
     if output_dir is not None:
         write_comparison(comparison, Path(output_dir) / "comparison.json")
     return comparison
 
 
 def compare_many(base_dir: str | Path, tuned_dirs: Sequence[str | Path], *,
-                 bootstrap_samples: int = 2000, seed: int = 0) -> list[Comparison]:
+                 forgetting_margin: float = FORGETTING_MARGIN, gain_margin: float = GAIN_MARGIN) -> list[Comparison]:
     """One comparison per tuned run against one base. A multi-run tuned folder contributes every
     run in it except one labelled ``base``; labels are made unique."""
     base = load_run(base_dir, prefer="base")
@@ -503,7 +597,8 @@ def compare_many(base_dir: str | Path, tuned_dirs: Sequence[str | Path], *,
             run.label = f"{run.label}-{seen[run.label]}"
         else:
             seen[run.label] = 1
-    return [compare_loaded(base, t, bootstrap_samples=bootstrap_samples, seed=seed) for t in tuned_runs]
+    return [compare_loaded(base, t, forgetting_margin=forgetting_margin, gain_margin=gain_margin)
+            for t in tuned_runs]
 
 
 def write_comparison(comparison: Comparison, path: str | Path) -> Path:
@@ -532,3 +627,57 @@ def format_p(p: float) -> str:
     if p < 0.001:
         return "< 0.001"
     return f"= {p:.3f}" if p < 0.01 else f"= {p:.2f}"
+
+
+# ----------------------------------------------------------------------------------- planning
+def _assumed_discordance(accuracy: float) -> float:
+    """A single run has no discordance to measure. If the tuned model's right answers were
+    independent of the base's at the same accuracy p, a share 2p(1 - p) of questions would differ:
+    more than fine-tuning usually changes (it keeps most answers), so the questions planned from it
+    are on the safe side."""
+    return 2 * accuracy * (1 - accuracy)
+
+
+def plan_questions(pilot_dir: str | Path, *, tuned_dir: str | Path | None = None, change: float = 2.0,
+                   discordance: float | None = None) -> dict:
+    """Per benchmark of a pilot evaluation: the questions needed to detect ``change`` points with 80%
+    power at two-sided alpha = 0.05 (McNemar's test, Connor 1987), and the minimum detectable change
+    at the pilot's own size.
+
+    The discordance (share of questions whose outcome differs between the runs) comes from, in order:
+    a pilot comparison (``tuned_dir``, the same questions evaluated after tuning), a given
+    ``discordance`` for every benchmark, or the assumption of :func:`_assumed_discordance`."""
+    if not 0 < change <= 100:
+        raise UserError(f"--change must be in (0, 100] points, got {change}")
+    if discordance is not None and not 0 < discordance <= 1:
+        raise UserError(f"--discordance must be a share in (0, 1], e.g. 0.15, got {discordance}")
+    if discordance is not None and tuned_dir is not None:
+        raise UserError("give --tuned (a measured discordance) or --discordance (an assumed one), not both")
+    base = load_run(pilot_dir, prefer="base")
+    tuned = None
+    if tuned_dir is not None:
+        candidates = [r for r in load_runs(tuned_dir) if r.label != "base"] or load_runs(tuned_dir)
+        if len(candidates) > 1:
+            raise UserError(f"{tuned_dir} holds several tuned runs ({', '.join(r.label for r in candidates)}); "
+                            f"name one as {Path(tuned_dir) / candidates[0].label}")
+        tuned = candidates[0]
+        check_comparable(base, tuned)  # a pilot comparison needs the same questions, like compare
+    cells, _ = paired_cells(base, tuned or base)
+    source = ("observed between the pilot runs" if tuned is not None
+              else "given (--discordance)" if discordance is not None
+              else "assumed 2p(1 − p): answers after tuning independent of the base's at the base accuracy p")
+    rows = []
+    for bench in dict.fromkeys(b for b, _ in cells):
+        total = _total([v for k, v in cells.items() if k[0] == bench])
+        accuracy = total.base_correct / total.n
+        psi = ((total.b + total.c) / total.n if tuned is not None
+               else discordance if discordance is not None else _assumed_discordance(accuracy))
+        mdc = min_detectable_change(total.n, psi, alpha=ALPHA, power=POWER)
+        rows.append({"benchmark": bench, "pilot_n": total.n, "base_accuracy": accuracy, "discordance": psi,
+                     "min_detectable_change_at_pilot_n": None if mdc is None else 100 * mdc,
+                     "questions_needed": questions_needed(change / 100, psi, alpha=ALPHA, power=POWER)})
+    return {"pilot": str(base.path), "tuned": str(tuned.path) if tuned else None, "change_points": change,
+            "alpha": ALPHA, "power": POWER, "discordance_source": source, "benchmarks": rows,
+            "method": "McNemar's test, normal approximation (Connor 1987): n = (z_a sqrt(psi) + z_b sqrt(psi - "
+                      "d^2))^2 / d^2 with psi = max(discordance, d); pooled figures need more questions when "
+                      "a subject's questions change together."}

@@ -172,7 +172,9 @@ def subject_rows(comparison: dict) -> list[dict]:
             rows.append({"benchmark": bench, "subject": subject, "label": f"{benchmark_name(bench)}·{subject}",
                          **{k: s[k] for k in ("change_points", "ci_low", "ci_high", "p_value", "n",
                                               "base_accuracy", "tuned_accuracy", "significant_forgetting",
-                                              "significant_gain")}})
+                                              "significant_gain")},
+                         # comparison.json files written before q-values existed have none
+                         "q_value": s.get("q_value"), "verdict": s.get("verdict", "")})
     return sorted(rows, key=lambda r: (r["change_points"], r["label"]))
 
 
@@ -199,7 +201,7 @@ def plot_subject_changes(comparison: dict, stem: str | Path, top: int = 15) -> l
             ax.axhline(top - 0.5, color="#999999", lw=0.8, ls="--")
             ax.text(1.0, top - 0.5, f"  {len(rows) - len(shown)} subjects not shown ", fontsize=8,
                     color="#666666", va="center", ha="right", transform=ax.get_yaxis_transform())
-        ax.set_xlabel("各科变化 change per subject (points, 95% CI); red/green: significant loss/gain")
+        ax.set_xlabel("各科变化 change per subject (points, 95% CI); red/green: loss/gain with BH q < 0.05")
         ax.set_title("各科目准确率变化 Change by subject")
         return save_figure(fig, stem)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from zhtune import __version__
-from zhtune.analysis.forgetting import compare_many, format_p, num, signed
+from zhtune.analysis.forgetting import FORGETTING_MARGIN, GAIN_MARGIN, compare_many, format_p, num, signed
 from zhtune.analysis.plots import (benchmark_name, comparison_point, plot_pareto, plot_radar,
                                    plot_subject_changes, plot_training_curves, radar_series,
                                    read_training_log, subject_rows)
@@ -52,38 +52,86 @@ def _scale_note(cmp: dict) -> str:
 
 
 # ----------------------------------------------------------------------------------- headline
+def _margin(f: dict) -> str:
+    return f"{f['margin']:g}-point margin"
+
+
+def _gain_verdict(f: dict) -> str:
+    """The Chinese verdict with the bound that backs it (one-sided 95% bounds of the gain)."""
+    low, high = f["one_sided_bounds"]
+    v = f["verdict"]
+    if v == "improved":
+        return f"improved; a gain smaller than {num(low)} points is ruled out"
+    if v == "declined":
+        return f"declined; a loss smaller than {num(-high)} points is ruled out"
+    if v == "no gain beyond the margin":
+        return f"no gain beyond the {_margin(f)}; a gain larger than {num(high)} points is ruled out"
+    return f"inconclusive: {f['n']:,} questions cannot tell no gain from a gain of up to {num(high)} points"
+
+
+def _forgetting_verdict(f: dict) -> str:
+    """The English verdict with the bound that backs it (one-sided 95% bounds of the forgetting)."""
+    low, high = f["one_sided_bounds"]
+    v = f["verdict"]
+    if v == "forgot":
+        return f"forgot; forgetting of less than {num(low)} or more than {num(high)} points is ruled out"
+    if v == "improved":
+        return f"improved; an English gain smaller than {num(-high)} points is ruled out"
+    if v == "no forgetting beyond the margin":
+        return (f"no forgetting beyond the {_margin(f)}; English forgetting larger than {num(high)} points "
+                f"is ruled out")
+    return f"inconclusive: {f['n']:,} questions cannot rule out forgetting up to {num(high)} points"
+
+
+def _needed(f: dict) -> str:
+    """For an inconclusive figure: what more questions would settle (the power analysis)."""
+    if f["verdict"] != "inconclusive" or not f.get("questions_for_margin"):
+        return ""
+    return f" (detecting {f['margin']:g} points would take about {f['questions_for_margin']:,} questions)"
+
+
+def _largest_changes(cmp: dict) -> str:
+    rows = [r for r in subject_rows(cmp) if r["change_points"] != 0]
+    if not rows:
+        return "No subject's accuracy changed."
+    flagged = sum(1 for r in subject_rows(cmp) if r["q_value"] is not None and r["q_value"] < 0.05)
+    tail = (f" {flagged} of {len(subject_rows(cmp))} subjects changed significantly (Benjamini–Hochberg q < 0.05 "
+            f"within each benchmark)." if flagged else " No subject changed significantly after Benjamini–Hochberg "
+            "adjustment within each benchmark.")
+
+    def one(r: dict) -> str:
+        return f"{r['label']} ({signed(r['change_points'])} points, q {_q(r['q_value'])})"
+
+    if len(rows) == 1:
+        return f"The only subject that changed was {one(rows[0])}." + tail
+    return f"The largest subject changes were {one(rows[-1])} and {one(rows[0])}." + tail
+
+
 def headline_sentences(cmp: dict) -> list[str]:
-    """Three sentences that answer "did it learn Chinese, and what did it forget?" with numbers."""
+    """Three sentences that answer "did it learn Chinese, and what did it forget?" with numbers,
+    a verdict against the margin, and the bound that backs the verdict."""
     zh, en = cmp.get("chinese_gain"), cmp.get("english_forgetting")
     if zh is None:
         s1 = "No Chinese benchmark (C-Eval or CMMLU) was evaluated, so the Chinese gain is unknown."
     else:
-        d = zh["change_points"]
-        verb = _by(d)
-        verdict = ("a significant gain" if zh["significant"] else "a significant loss" if zh["significant_opposite"]
-                   else "not significant" + (", the interval includes zero" if zh["ci_low"] <= 0 <= zh["ci_high"]
-                                             else f" (p {format_p(zh['p_value'])})"))
-        s1 = (f"After LoRA fine-tuning{_scale_note(cmp)}, Chinese accuracy {verb} (95% CI {num(zh['ci_low'])} to "
-              f"{num(zh['ci_high'])}, McNemar p {format_p(zh['p_value'])}) over "
-              f"{_questions(zh['n_by_benchmark'])}: {verdict}.")
+        s1 = (f"After LoRA fine-tuning{_scale_note(cmp)}, Chinese accuracy {_by(zh['change_points'])} (95% CI "
+              f"{num(zh['ci_low'])} to {num(zh['ci_high'])}, p {format_p(zh['p_value'])}) over "
+              f"{_questions(zh['n_by_benchmark'])}: {_gain_verdict(zh)}{_needed(zh)}.")
     if en is None:
         s2 = "No English benchmark (MMLU or GSM8K) was evaluated, so forgetting is unknown."
     else:
         d = en["tuned_minus_base_points"]  # shown as the change, like the Chinese figure
-        verb = _by(d)
         flagged = [b for b in cmp.get("significant_forgetting", []) if b in en["benchmarks"]]
         flagged_txt = ", ".join(f"{benchmark_name(b)} {signed(cmp['benchmarks'][b]['change_points'])} points"
                                 for b in flagged)
-        if en["significant"]:
-            verdict = "significant forgetting" + (f" ({flagged_txt})" if flagged else "")
+        verdict_text, extra = _forgetting_verdict(en), ""
+        if flagged and en["verdict"] == "forgot":  # name the benchmarks that lost, right after the verdict
+            verdict_text = verdict_text.replace("forgot", f"forgot ({flagged_txt})", 1)
         elif flagged:
-            verdict = f"no significant forgetting overall, but significant in {flagged_txt}"
-        elif en["significant_opposite"]:
-            verdict = "English improved significantly"
-        else:
-            verdict = "no significant forgetting"
-        s2 = (f"English accuracy {verb} (95% CI {num(-en['ci_high'])} to {num(-en['ci_low'])}, "
-              f"p {format_p(en['p_value'])}) over {_questions(en['n_by_benchmark'])}: {verdict}.")
+            extra = f"; on its own, {flagged_txt}: forgot"
+        s2 = (f"English accuracy {_by(d)} (95% CI {num(-en['ci_high'])} to {num(-en['ci_low'])}, "
+              f"p {format_p(en['p_value'])}) over {_questions(en['n_by_benchmark'])}: "
+              f"{verdict_text}{_needed(en)}{extra}.")
     ppl = cmp.get("perplexity") or {}
     if "zh" in ppl and "en" in ppl:
         z, e = ppl["zh"], ppl["en"]
@@ -92,10 +140,7 @@ def headline_sentences(cmp: dict) -> list[str]:
               f"{e['base_bits_per_char']:.2f} to {e['tuned_bits_per_char']:.2f} in English "
               f"({signed(100 * (e['ratio'] - 1))}%; lower is better).")
     else:
-        rows = subject_rows(cmp)
-        s3 = (f"The largest subject changes were {rows[-1]['label']} ({signed(rows[-1]['change_points'])} points) "
-              f"and {rows[0]['label']} ({signed(rows[0]['change_points'])} points)."
-              if len(rows) > 1 else "Perplexity was not measured.")
+        s3 = _largest_changes(cmp) if subject_rows(cmp) else "Perplexity was not measured."
     if en is not None and en.get("retention") and "zh" not in ppl:
         s3 += f" English keeps {100 * en['retention']:.1f}% of its base accuracy."
     return [s1, s2, s3]
@@ -118,18 +163,25 @@ class Chart:
 Block = tuple  # ("h1"|"h2"|"h3"|"p"|"ul"|"pre", text or items) | Table | Chart
 
 
-def _stat_cells(g: dict) -> list[str]:
-    return [f"{g['n']:,}", pct(g["base_accuracy"]), pct(g["tuned_accuracy"]), signed(g["change_points"]),
-            f"{num(g['ci_low'])} to {num(g['ci_high'])}", format_p(g["p_value"]).replace("= ", "")]
+def _q(q: float | None) -> str:
+    return "–" if q is None else format_p(q).replace("= ", "")
+
+
+def _mdc(g: dict) -> str:
+    return "–" if g.get("min_detectable_change") is None else f"{g['min_detectable_change']:.1f}"
+
+
+def _stat_cells(g: dict, *, q: bool = False) -> list[str]:
+    return ([f"{g['n']:,}", pct(g["base_accuracy"]), pct(g["tuned_accuracy"]), signed(g["change_points"]),
+             f"{num(g['ci_low'])} to {num(g['ci_high'])}", format_p(g["p_value"]).replace("= ", "")]
+            + ([_q(g.get("q_value"))] if q else []))
 
 
 _STAT_HEADERS = ["n", "Base %", "Tuned %", "Change (pts)", "95% CI", "McNemar p"]
-
-
-def _flag(g: dict) -> str:
-    if g["significant_forgetting"]:
-        return "significant forgetting"
-    return "significant gain" if g["significant_gain"] else ""
+_VERDICT_NOTE = ("Verdicts (margin in points): forgot / declined / improved when the 95% interval excludes 0 "
+                 "(subjects and categories: when Benjamini–Hochberg q < 0.05 within the benchmark); within the "
+                 "margin when the one-sided 95% bound is inside it; otherwise inconclusive. MDC: the minimum "
+                 "change detectable with 80% power at α = 0.05 (points).")
 
 
 def benchmark_table(comparisons: Sequence[dict]) -> Table:
@@ -139,9 +191,12 @@ def benchmark_table(comparisons: Sequence[dict]) -> Table:
         for bench, g in cmp["benchmarks"].items():
             retention = "–" if g["retention"] is None else f"{100 * g['retention']:.1f}%"
             rows.append(([cmp["tuned"]["label"]] if several else []) + [benchmark_name(bench)] + _stat_cells(g)
-                        + [f"{g['base_right_tuned_wrong']} / {g['base_wrong_tuned_right']}", retention, _flag(g)])
-    return Table((["Run"] if several else []) + ["Benchmark"] + _STAT_HEADERS + ["Lost / gained", "Retention", "Flag"],
-                 rows, "Lost / gained: questions right before and wrong after / wrong before and right after.")
+                        + [f"{g['verdict']} ({g['margin']:g})", _mdc(g),
+                           f"{g['base_right_tuned_wrong']} / {g['base_wrong_tuned_right']}", retention])
+    return Table((["Run"] if several else []) + ["Benchmark"] + _STAT_HEADERS
+                 + ["Verdict (margin)", "MDC", "Lost / gained", "Retention"], rows,
+                 "Lost / gained: questions right before and wrong after / wrong before and right after. "
+                 + _VERDICT_NOTE)
 
 
 def headline_table(comparisons: Sequence[dict]) -> Table:
@@ -151,28 +206,46 @@ def headline_table(comparisons: Sequence[dict]) -> Table:
                           ("english_forgetting", "English forgetting (MMLU + GSM8K)")):
             f = cmp.get(key)
             if f:
+                low, high = f["one_sided_bounds"]
+                needed = f.get("questions_for_margin")
                 rows.append([cmp["tuned"]["label"], name, f"{f['n']:,}", signed(f["change_points"]),
-                             f"{num(f['ci_low'])} to {num(f['ci_high'])}", format_p(f["p_value"]).replace("= ", ""),
-                             "yes" if f["significant"] else "no"])
-    return Table(["Run", "Figure", "n", "Points", "95% CI", "McNemar p", "Significant"], rows,
-                 "Chinese gain = tuned − base; English forgetting = base − tuned (positive means forgotten).")
+                             f"{num(f['ci_low'])} to {num(f['ci_high'])}", f"{num(low)} to {num(high)}",
+                             format_p(f["p_value"]).replace("= ", ""), f"{f['verdict']} ({f['margin']:g})",
+                             _mdc(f), "–" if needed is None else f"{needed:,}"])
+    return Table(["Run", "Figure", "n", "Points", "95% CI", "One-sided 95% bounds", "p", "Verdict (margin)",
+                  "MDC", "Questions for margin"], rows,
+                 "Chinese gain = tuned − base; English forgetting = base − tuned (positive means forgotten). "
+                 "Pooled intervals allow for questions of one subject changing together (cluster-robust, "
+                 "stratified by benchmark), and so does their p (the score test the interval inverts). "
+                 "Questions for margin: about how many questions (at the observed "
+                 "discordance and clustering) a change of the margin needs to be detected with 80% power. "
+                 + _VERDICT_NOTE)
 
 
 def category_table(cmp: dict) -> Table:
-    rows = [[benchmark_name(b), CATEGORY_NAMES.get(cat, cat)] + _stat_cells(g) + [_flag(g)]
+    rows = [[benchmark_name(b), CATEGORY_NAMES.get(cat, cat)] + _stat_cells(g, q=True) + [g["verdict"]]
             for b, cats in cmp["categories"].items() for cat, g in cats.items()]
-    return Table(["Benchmark", "Category"] + _STAT_HEADERS + ["Flag"], rows)
+    return Table(["Benchmark", "Category"] + _STAT_HEADERS + ["BH q", "Verdict"], rows,
+                 "BH q: Benjamini–Hochberg adjusted p within the benchmark's categories.")
 
 
-def subject_table(cmp: dict, top: int = 10) -> Table:
-    rows = subject_rows(cmp)
+def subject_table(cmp: dict, top: int = 10) -> Table | None:
+    """The subjects that changed, largest gains and losses; None when no subject changed."""
+    every = subject_rows(cmp)
+    rows = [r for r in every if r["change_points"] != 0]
+    if not rows:
+        return None
     shown = rows[::-1] if len(rows) <= 2 * top else rows[:-top - 1:-1] + rows[:top]
     cells = [[r["label"], f"{r['n']:,}", pct(r["base_accuracy"]), pct(r["tuned_accuracy"]),
               signed(r["change_points"]), f"{num(r['ci_low'])} to {num(r['ci_high'])}",
-              format_p(r["p_value"]).replace("= ", "")] for r in shown]
-    caption = (f"The {top} largest gains and {top} largest losses of {len(rows)} subjects."
-               if len(rows) > 2 * top else f"All {len(rows)} subjects, largest gain first.")
-    return Table(["Subject", "n", "Base %", "Tuned %", "Change (pts)", "95% CI", "McNemar p"], cells, caption)
+              format_p(r["p_value"]).replace("= ", ""), _q(r["q_value"]), r["verdict"]] for r in shown]
+    unchanged = len(every) - len(rows)
+    caption = (f"The {top} largest gains and {top} largest losses of the {len(rows)} subjects that changed"
+               if len(rows) > 2 * top else f"All {len(rows)} subjects that changed, largest gain first")
+    caption += (f"; {unchanged} of {len(every)} subjects did not change. " if unchanged else ". ")
+    caption += "BH q: Benjamini–Hochberg adjusted p within the benchmark's subjects."
+    return Table(["Subject", "n", "Base %", "Tuned %", "Change (pts)", "95% CI", "McNemar p", "BH q", "Verdict"],
+                 cells, caption)
 
 
 def perplexity_table(cmp: dict) -> Table | None:
@@ -229,8 +302,9 @@ def _training_summary(train_dir: Path) -> str:
 def build_report(*, base: str | Path | None = None, tuned: Sequence[str | Path] = (),
                  comparisons: Sequence[dict] | None = None, output_dir: str | Path,
                  train_dir: str | Path | None = None, scale_dir: str | Path | None = None,
-                 tolerance: float = 1.0, title: str = "zhtune report", bootstrap_samples: int = 2000,
-                 seed: int = 0, top_subjects: int = 15,
+                 tolerance: float = 1.0, title: str = "zhtune report",
+                 forgetting_margin: float = FORGETTING_MARGIN, gain_margin: float = GAIN_MARGIN,
+                 top_subjects: int = 15,
                  progress: Callable[[str], None] | None = None) -> dict[str, Path]:
     """Write report.html, report.md, report.json and the chart files into ``output_dir``.
 
@@ -244,10 +318,16 @@ def build_report(*, base: str | Path | None = None, tuned: Sequence[str | Path] 
         if base is None or not tuned:
             raise UserError("report: give --base and at least one --tuned evaluation folder, or --comparison files")
         step("comparing runs")
-        comparisons = [c.to_dict() for c in compare_many(base, tuned, bootstrap_samples=bootstrap_samples, seed=seed)]
+        comparisons = [c.to_dict() for c in compare_many(base, tuned, forgetting_margin=forgetting_margin,
+                                                         gain_margin=gain_margin)]
     comparisons = list(comparisons)
     if not comparisons:
         raise UserError("report: no comparisons to report")
+    for cmp in comparisons:
+        figures_ = [f for f in (cmp.get("chinese_gain"), cmp.get("english_forgetting")) if f]
+        if any("verdict" not in f for f in figures_):
+            raise UserError(f"the comparison of {cmp.get('tuned', {}).get('dir')} was written by an older zhtune "
+                            f"(no verdicts); run zhtune compare again")
     main = comparisons[0]
     train_dir = Path(train_dir) if train_dir else None
     if train_dir is not None and not train_dir.is_dir():
@@ -259,7 +339,7 @@ def build_report(*, base: str | Path | None = None, tuned: Sequence[str | Path] 
 
         step("adapter-scale trade-off")
         tradeoff = analyze_tradeoff(scale_dir, tolerance=tolerance, base_dir=base or main["base"]["dir"],
-                                    bootstrap_samples=bootstrap_samples, seed=seed)
+                                    forgetting_margin=forgetting_margin, gain_margin=gain_margin)
         write_tradeoff(tradeoff, out)
 
     headline = headline_sentences(main)
@@ -269,8 +349,9 @@ def build_report(*, base: str | Path | None = None, tuned: Sequence[str | Path] 
     if len(comparisons) > 1:
         blocks.append(("p", f"Categories, subjects and perplexity below are for the first tuned run, "
                             f"{main['tuned']['label']}."))
+    subjects = subject_table(main)
     blocks += [("h3", "Categories"), category_table(main), ("h3", "Largest subject changes"),
-               subject_table(main)]
+               subjects if subjects is not None else ("p", "No subject's accuracy changed.")]
     ppl = perplexity_table(main)
     if ppl:
         blocks += [("h3", "Perplexity probes"), ppl]
@@ -280,8 +361,8 @@ def build_report(*, base: str | Path | None = None, tuned: Sequence[str | Path] 
     plot_radar(radar_series(comparisons), out / "radar")
     figures.append(Chart("radar", "Accuracy by benchmark category, base and tuned (中英文能力雷达图)."))
     plot_subject_changes(main, out / "subjects", top=top_subjects)
-    figures.append(Chart("subjects", f"Change per subject for {main['tuned']['label']}, with 95% bootstrap "
-                                      f"intervals; red: significant loss, green: significant gain."))
+    figures.append(Chart("subjects", f"Change per subject for {main['tuned']['label']}, with 95% score "
+                                      f"intervals; red: loss, green: gain, each with Benjamini–Hochberg q < 0.05."))
     points = [p for p in (comparison_point(c) for c in comparisons) if p]
     if len(points) > 1:
         plot_pareto(points, out / "pareto")
@@ -315,9 +396,9 @@ def build_report(*, base: str | Path | None = None, tuned: Sequence[str | Path] 
                ("pre", "\n".join(_kv_lines(main.get("settings") or {})) or "(none recorded)")]
     stats = main["statistics"]
     blocks += [("h2", "How the statistics were computed"),
-               ("p", f"{stats['method']} Bootstrap: {stats['bootstrap_samples']:,} replicates, seed "
-                     f"{stats['seed']}. Chinese gain pools C-Eval and CMMLU questions; English forgetting pools "
-                     f"MMLU and GSM8K questions (GSM8K counts the flexible answer match).")]
+               ("p", f"{stats['method']} Margins: English forgetting {stats['forgetting_margin']:g} points, "
+                     f"Chinese gain {stats['gain_margin']:g} points. Chinese gain pools C-Eval and CMMLU questions; "
+                     f"English forgetting pools MMLU and GSM8K questions (GSM8K counts the flexible answer match).")]
     notes += [n for c in comparisons for n in c.get("notes", [])]
     if notes:
         blocks += [("h3", "Notes"), ("ul", notes)]

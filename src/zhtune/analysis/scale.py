@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from zhtune.analysis.forgetting import (Comparison, EvalRun, compare_loaded, format_p, load_run,
-                                        load_runs, signed)
+from zhtune.analysis.forgetting import (FORGETTING_MARGIN, GAIN_MARGIN, Comparison, EvalRun, compare_loaded,
+                                        format_p, load_run, load_runs, signed)
 from zhtune.errors import UserError
 from zhtune.io import atomic_write_json
 
@@ -98,7 +98,8 @@ def _pts(x: float) -> str:
 
 
 def analyze_tradeoff(scale_dir: str | Path, *, tolerance: float = 1.0, base_dir: str | Path | None = None,
-                     adapter: str | None = None, bootstrap_samples: int = 2000, seed: int = 0) -> Tradeoff:
+                     adapter: str | None = None, forgetting_margin: float = FORGETTING_MARGIN,
+                     gain_margin: float = GAIN_MARGIN) -> Tradeoff:
     """Compare every adapter scale in ``scale_dir`` with the base and recommend a scale."""
     if tolerance < 0:
         raise UserError(f"--tolerance must be zero or more points, got {tolerance}")
@@ -131,7 +132,7 @@ def analyze_tradeoff(scale_dir: str | Path, *, tolerance: float = 1.0, base_dir:
 
     points = []
     for s, r in sorted(scales, key=lambda x: x[0]):
-        cmp = compare_loaded(base, r, bootstrap_samples=bootstrap_samples, seed=seed)
+        cmp = compare_loaded(base, r, forgetting_margin=forgetting_margin, gain_margin=gain_margin)
         if cmp.chinese is None or cmp.english is None:
             raise UserError(f"{r.path}: the trade-off needs Chinese (ceval/cmmlu) and English (mmlu/gsm8k) "
                             f"benchmarks; evaluated: {', '.join(cmp.benchmarks)}")
@@ -151,8 +152,8 @@ def recommend(points: list[ScalePoint], tolerance: float) -> tuple[ScalePoint | 
         why.append(f"Scale {p.scale:g}: Chinese {_pts(g['change_points'])} points "
                    f"(95% CI {_pts(g['ci_low'])} to {_pts(g['ci_high'])}, p {format_p(g['p_value'])}), "
                    f"English forgetting {_pts(f['change_points'])} points "
-                   f"(95% CI {_pts(f['ci_low'])} to {_pts(f['ci_high'])}, p {format_p(f['p_value'])}): "
-                   + ("within tolerance." if within else "over tolerance."))
+                   f"(95% CI {_pts(f['ci_low'])} to {_pts(f['ci_high'])}, p {format_p(f['p_value'])}, "
+                   f"{f['verdict']}): " + ("within tolerance." if within else "over tolerance."))
     ok = [p for p in points if p.forgetting["change_points"] <= tolerance]
     if not ok:
         least = min(points, key=lambda p: p.forgetting["change_points"])
@@ -164,9 +165,8 @@ def recommend(points: list[ScalePoint], tolerance: float) -> tuple[ScalePoint | 
     if best.gain["change_points"] <= 0:
         why.append("No scale within tolerance improves Chinese accuracy; recommended: do not use the adapter.")
         return None, why
-    sig = "significant" if best.gain["significant"] else "not significant"
     why.append(f"Recommended scale {best.scale:g}: the largest Chinese gain ({_pts(best.gain['change_points'])} "
-               f"points, {sig}) among the scales within tolerance "
+               f"points, {best.gain['verdict']}) among the scales within tolerance "
                f"({', '.join(f'{p.scale:g}' for p in ok)}).")
     if best.forgetting["ci_high"] > tolerance:
         why.append(f"Caution: at scale {best.scale:g} the interval of English forgetting reaches "

@@ -1,4 +1,5 @@
-"""`zhtune compare`, `zhtune report` and `zhtune tradeoff`: the forgetting analysis on evaluation folders."""
+"""`zhtune compare`, `zhtune report`, `zhtune tradeoff` and `zhtune plan`: the forgetting analysis on
+evaluation folders."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,8 +12,19 @@ from rich.table import Table
 console = Console()
 err_console = Console(stderr=True)
 
-_BOOT_HELP = "Bootstrap replicates for the 95% intervals."
-_SEED_HELP = "Seed of the bootstrap's random generator (same seed, same intervals)."
+
+
+def _margin_help(name: str) -> str:
+    """The help of --forgetting-margin / --gain-margin is the config field's description."""
+    from zhtune.config import AnalysisConfig
+
+    return AnalysisConfig.model_fields[name].description
+
+
+def _margin_default(name: str) -> float:
+    from zhtune.config import AnalysisConfig
+
+    return AnalysisConfig.model_fields[name].default
 
 
 def _write_settings(out: Path, command: str, **settings) -> None:
@@ -37,36 +49,45 @@ def _p(p: float) -> str:
     return format_p(p).replace("= ", "")
 
 
+def _verdict(f: dict) -> str:
+    color = {"forgot": "red", "declined": "red", "improved": "green"}.get(f["verdict"])
+    return f"[{color}]{f['verdict']}[/]" if color else f["verdict"]
+
+
+def _mdc(f: dict) -> str:
+    return "–" if f.get("min_detectable_change") is None else f"{f['min_detectable_change']:.1f}"
+
+
 def print_comparison(cmp: dict) -> None:
     from zhtune.analysis.plots import benchmark_name
-    from zhtune.analysis.report import pct
+    from zhtune.analysis.report import headline_sentences, pct
 
     table = Table(title=f"{cmp['tuned']['label']} vs {cmp['base']['label']}  (change in points, 95% CI)")
-    for col in ("Benchmark", "n", "Base %", "Tuned %", "Change [95% CI]", "p", "Flag"):
-        table.add_column(col, justify="left" if col in ("Benchmark", "Flag") else "right")
+    for col in ("Benchmark", "n", "Base %", "Tuned %", "Change [95% CI]", "p", "Verdict", "Margin", "MDC"):
+        table.add_column(col, justify="left" if col in ("Benchmark", "Verdict") else "right")
     for bench, g in cmp["benchmarks"].items():
-        flag = ("[red]significant forgetting[/]" if g["significant_forgetting"]
-                else "[green]significant gain[/]" if g["significant_gain"] else "")
         table.add_row(benchmark_name(bench), f"{g['n']:,}", pct(g["base_accuracy"]), pct(g["tuned_accuracy"]),
-                      _ci(g), _p(g["p_value"]), flag)
+                      _ci(g), _p(g["p_value"]), _verdict(g), f"{g['margin']:g}", _mdc(g))
     for key, name in (("chinese_gain", "Chinese gain"), ("english_forgetting", "English forgetting")):
         f = cmp.get(key)
         if f:
             table.add_row(f"[bold]{name}[/]", f"{f['n']:,}", pct(f["base_accuracy"]), pct(f["tuned_accuracy"]),
-                          _ci(f), _p(f["p_value"]), "significant" if f["significant"] else "")
+                          _ci(f), _p(f["p_value"]), _verdict(f), f"{f['margin']:g}", _mdc(f))
     console.print(table)
+    for sentence in headline_sentences(cmp)[:2]:
+        console.print(f"  {sentence}")
     for note in cmp.get("notes", []):
         err_console.print(f"[yellow]note:[/] {note}")
 
 
 def print_combined(comparisons: list[dict]) -> None:
     table = Table(title="All runs (points, 95% CI; forgetting = base − tuned)")
-    for col in ("Run", "Chinese gain", "p", "English forgetting", "p", "Significant forgetting in"):
-        table.add_column(col, justify="left" if col.startswith(("Run", "Sig")) else "right")
+    for col in ("Run", "Chinese gain", "Verdict", "English forgetting", "Verdict", "Benchmarks that fell"):
+        table.add_column(col, justify="right" if col.startswith(("Chinese", "English")) else "left")
     for cmp in comparisons:
         zh, en = cmp.get("chinese_gain"), cmp.get("english_forgetting")
-        table.add_row(cmp["tuned"]["label"], _ci(zh) if zh else "–", _p(zh["p_value"]) if zh else "–",
-                      _ci(en) if en else "–", _p(en["p_value"]) if en else "–",
+        table.add_row(cmp["tuned"]["label"], _ci(zh) if zh else "–", _verdict(zh) if zh else "–",
+                      _ci(en) if en else "–", _verdict(en) if en else "–",
                       ", ".join(cmp["significant_forgetting"]))
     console.print(table)
 
@@ -93,13 +114,16 @@ def register(app: typer.Typer) -> None:
                                           "(single-run, multi-run with index.json, or MULTI/<label>)."),
         output_dir: Path = typer.Option(Path("comparison"), "--output-dir", "--output_dir",
                                         help="Where comparison.json goes (one subfolder per run when several)."),
-        bootstrap_samples: int = typer.Option(2000, "--bootstrap-samples", "--bootstrap_samples", min=1,
-                                              help=_BOOT_HELP),
-        seed: int = typer.Option(0, "--seed", help=_SEED_HELP),
+        forgetting_margin: float = typer.Option(_margin_default("forgetting_margin"), "--forgetting-margin",
+                                                min=0.0, max=100.0, help=_margin_help("forgetting_margin")),
+        gain_margin: float = typer.Option(_margin_default("gain_margin"), "--gain-margin", min=0.0, max=100.0,
+                                          help=_margin_help("gain_margin")),
     ):
         """Paired comparison of a base evaluation with one or more tuned ones: per benchmark, category and
-        subject, the change with a bootstrap 95% interval and McNemar's exact p; Chinese gain and English
-        forgetting. Refuses runs whose settings or questions differ."""
+        subject, the change with a 95% score interval, McNemar's exact p (and Benjamini-Hochberg q for subjects
+        and categories), a verdict against the margin and the minimum detectable change; Chinese gain and
+        English forgetting with intervals that allow for subject clustering. Refuses runs whose settings or
+        questions differ."""
         from zhtune.analysis.forgetting import compare_many, safe_name, write_comparison
         from zhtune.errors import UserError
         from zhtune.io import atomic_write_json
@@ -107,7 +131,8 @@ def register(app: typer.Typer) -> None:
         if len(dirs) < 2:
             raise UserError("compare needs BASE_DIR and at least one TUNED_DIR")
         with console.status("comparing evaluations"):
-            comparisons = compare_many(dirs[0], dirs[1:], bootstrap_samples=bootstrap_samples, seed=seed)
+            comparisons = compare_many(dirs[0], dirs[1:], forgetting_margin=forgetting_margin,
+                                       gain_margin=gain_margin)
         dicts = [c.to_dict() for c in comparisons]
         if len(comparisons) == 1:
             written = [write_comparison(comparisons[0], output_dir / "comparison.json")]
@@ -118,7 +143,7 @@ def register(app: typer.Typer) -> None:
                  "chinese_gain": d["chinese_gain"], "english_forgetting": d["english_forgetting"],
                  "significant_forgetting": d["significant_forgetting"]} for d, p in zip(dicts, written, strict=True)])
         _write_settings(output_dir, "compare", base=dirs[0], tuned=[str(d) for d in dirs[1:]],
-                        bootstrap_samples=bootstrap_samples, seed=seed)
+                        forgetting_margin=forgetting_margin, gain_margin=gain_margin)
         for d in dicts:
             print_comparison(d)
         if len(dicts) > 1:
@@ -145,9 +170,10 @@ def register(app: typer.Typer) -> None:
         screenshot: Optional[Path] = typer.Option(None, "--screenshot",
                                                   help="Also open report.html in headless Chromium, check every "
                                                        "image loads and save a PNG screenshot here."),
-        bootstrap_samples: int = typer.Option(2000, "--bootstrap-samples", "--bootstrap_samples", min=1,
-                                              help=_BOOT_HELP),
-        seed: int = typer.Option(0, "--seed", help=_SEED_HELP),
+        forgetting_margin: float = typer.Option(_margin_default("forgetting_margin"), "--forgetting-margin",
+                                                min=0.0, max=100.0, help=_margin_help("forgetting_margin")),
+        gain_margin: float = typer.Option(_margin_default("gain_margin"), "--gain-margin", min=0.0, max=100.0,
+                                          help=_margin_help("gain_margin")),
     ):
         """One self-contained report.html (plus report.md and report.json): three sentences with the answer,
         tables, charts, settings and how the statistics were computed."""
@@ -160,11 +186,12 @@ def register(app: typer.Typer) -> None:
         with console.status("building report") as status:
             paths = build_report(base=base, tuned=tuned or [], comparisons=comparisons, output_dir=output_dir,
                                  train_dir=train_dir, scale_dir=scale_dir, tolerance=tolerance, title=title,
-                                 bootstrap_samples=bootstrap_samples, seed=seed,
+                                 forgetting_margin=forgetting_margin, gain_margin=gain_margin,
                                  progress=lambda msg: status.update(f"building report: {msg}"))
         _write_settings(output_dir, "report", base=base, tuned=[str(t) for t in tuned or []],
                         comparison=[str(c) for c in comparison or []], train_dir=train_dir, scale_dir=scale_dir,
-                        tolerance=tolerance, title=title, bootstrap_samples=bootstrap_samples, seed=seed)
+                        tolerance=tolerance, title=title, forgetting_margin=forgetting_margin,
+                        gain_margin=gain_margin)
         from zhtune.io import read_json
 
         for sentence in read_json(paths["json"])["headline"]:
@@ -188,9 +215,10 @@ def register(app: typer.Typer) -> None:
         adapter: Optional[str] = typer.Option(None, "--adapter", help="Which adapter, when the folder holds several."),
         output_dir: Path = typer.Option(Path("tradeoff"), "--output-dir", "--output_dir",
                                         help="Where tradeoff.json and the chart go."),
-        bootstrap_samples: int = typer.Option(2000, "--bootstrap-samples", "--bootstrap_samples", min=1,
-                                              help=_BOOT_HELP),
-        seed: int = typer.Option(0, "--seed", help=_SEED_HELP),
+        forgetting_margin: float = typer.Option(_margin_default("forgetting_margin"), "--forgetting-margin",
+                                                min=0.0, max=100.0, help=_margin_help("forgetting_margin")),
+        gain_margin: float = typer.Option(_margin_default("gain_margin"), "--gain-margin", min=0.0, max=100.0,
+                                          help=_margin_help("gain_margin")),
     ):
         """Chinese gain and English forgetting at every adapter scale, and the scale that gains the most
         Chinese while keeping English forgetting within --tolerance points."""
@@ -198,10 +226,10 @@ def register(app: typer.Typer) -> None:
 
         with console.status("comparing every scale with the base"):
             result = analyze_tradeoff(scale_dir, tolerance=tolerance, base_dir=base, adapter=adapter,
-                                      bootstrap_samples=bootstrap_samples, seed=seed)
+                                      forgetting_margin=forgetting_margin, gain_margin=gain_margin)
             paths = write_tradeoff(result, output_dir)
         _write_settings(output_dir, "tradeoff", scale_dir=scale_dir, tolerance=tolerance, base=base,
-                        adapter=adapter, bootstrap_samples=bootstrap_samples, seed=seed)
+                        adapter=adapter, forgetting_margin=forgetting_margin, gain_margin=gain_margin)
         table = Table(title=f"Adapter scale trade-off (tolerance {tolerance:g} points)")
         for col in ("Scale", "Chinese gain [95% CI]", "p", "English forgetting [95% CI]", "p", "Within"):
             table.add_column(col, justify="right")
@@ -213,3 +241,45 @@ def register(app: typer.Typer) -> None:
         for line in result.reasoning:
             console.print(f"  {line}")
         console.print(f"[bold green]wrote[/] {paths['json']}  {paths['png']}")
+
+    @app.command("plan")
+    def plan_cmd(
+        from_dir: Path = typer.Option(..., "--from", help="A pilot evaluation folder (its base run when it "
+                                                          "holds several)."),
+        tuned: Optional[Path] = typer.Option(None, "--tuned", help="The pilot's tuned evaluation on the same "
+                                                                   "questions: the discordance is measured."),
+        change: float = typer.Option(2.0, "--change", min=0.01, max=100.0,
+                                     help="The change to detect, in points of accuracy."),
+        discordance: Optional[float] = typer.Option(
+            None, "--discordance", min=0.0001, max=1.0,
+            help="Assumed share of questions whose outcome differs between the runs (e.g. 0.15), "
+                 "for every benchmark, when no --tuned pilot exists."),
+        output_dir: Optional[Path] = typer.Option(None, "--output-dir", "--output_dir",
+                                                  help="Also write plan.json here."),
+    ):
+        """How many questions each benchmark needs to detect a change of --change points (80% power,
+        two-sided alpha 0.05, McNemar's test), from a pilot run. The discordance comes from a --tuned pilot,
+        from --discordance, or else is assumed from the base accuracy p as 2p(1 - p), which fine-tuning
+        rarely exceeds."""
+        from zhtune.analysis.forgetting import plan_questions
+        from zhtune.analysis.plots import benchmark_name
+        from zhtune.analysis.report import pct
+        from zhtune.io import atomic_write_json
+
+        plan = plan_questions(from_dir, tuned_dir=tuned, change=change, discordance=discordance)
+        table = Table(title=f"Questions needed to detect a change of {change:g} points (80% power, α = 0.05)")
+        for col in ("Benchmark", "Pilot n", "Base %", "Discordance", "MDC at pilot n", "Questions needed"):
+            table.add_column(col, justify="left" if col == "Benchmark" else "right")
+        for row in plan["benchmarks"]:
+            mdc = row["min_detectable_change_at_pilot_n"]
+            needed = row["questions_needed"]
+            table.add_row(benchmark_name(row["benchmark"]), f"{row['pilot_n']:,}", pct(row["base_accuracy"]),
+                          f"{100 * row['discordance']:.1f}%", "–" if mdc is None else f"{mdc:.1f}",
+                          "–" if needed is None else f"{needed:,}")
+        console.print(table)
+        console.print(f"  Discordance: {plan['discordance_source']}.")
+        if output_dir is not None:
+            written = atomic_write_json(output_dir / "plan.json", plan)
+            _write_settings(output_dir, "plan", pilot=from_dir, tuned=tuned, change=change,
+                            discordance=discordance)
+            console.print(f"[bold green]wrote[/] {written}")
