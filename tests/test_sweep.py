@@ -51,14 +51,17 @@ def test_small_sweep_completes_and_resumes(tiny_llama_dir, shared_data, tmp_path
     assert "Best settings" in (tmp_path / "sweep" / "results.md").read_text()
     assert summary["best"] in summary["pareto"]
 
-    # Interrupted sweep: one run's outputs lost -> only that run is redone.
+    # Interrupted sweep: one run's outputs lost -> only that run is redone; the finished ones are
+    # not even started again.
     import shutil
 
-    shutil.rmtree(tmp_path / "sweep" / "runs" / "rank8-dropout0.1" / "compare")
-    shutil.rmtree(tmp_path / "sweep" / "runs" / "rank8-dropout0.1" / "report")
+    runs = tmp_path / "sweep" / "runs"
+    finished = ("rank4-dropout0.05", "rank4-dropout0.1", "rank8-dropout0.05")
+    before = {name: (runs / name / "experiment.json").stat().st_mtime_ns for name in finished}
+    shutil.rmtree(runs / "rank8-dropout0.1" / "compare")
+    shutil.rmtree(runs / "rank8-dropout0.1" / "report")
     run_sweep(config_from_dict(raw), data_dir=shared_data)
-    for name in ("rank4-dropout0.05", "rank4-dropout0.1", "rank8-dropout0.05"):
-        exp = json.loads((tmp_path / "sweep" / "runs" / name / "experiment.json").read_text())
-        assert exp["ran"] == [], name
+    for name in finished:
+        assert (runs / name / "experiment.json").stat().st_mtime_ns == before[name], name
     exp = json.loads((tmp_path / "sweep" / "runs" / "rank8-dropout0.1" / "experiment.json").read_text())
     assert exp["ran"] == ["compare", "report"]

@@ -71,19 +71,37 @@ def register(app: typer.Typer) -> None:
         overrides: Optional[List[str]] = typer.Argument(None, help="Grid axes as key=v1,v2 (lora.rank=4,8,16) and plain overrides key=value."),
         data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Local data folder; default ZHTUNE_DATA_DIR, else the hub."),
         output_dir: Optional[str] = typer.Option(None, "--output-dir", help="Sweep folder (overrides output.dir)."),
-        workers: Optional[int] = typer.Option(None, "--workers", help="Runs at a time, each in its own process (default: sweep.workers, 1)."),
-        devices: Optional[str] = typer.Option(None, "--devices", help="One worker per device, e.g. cuda:0,cuda:1."),
+        workers: Optional[int] = typer.Option(None, "--workers", help="Local: runs at a time, each in its own process (default: sweep.workers, 1)."),
+        devices: Optional[str] = typer.Option(None, "--devices", help="Local: one worker per device, e.g. cuda:0,cuda:1."),
+        launcher: Optional[str] = typer.Option(None, "--launcher", help="Where points run: local, ray or slurm (default: sweep.launcher, local)."),
+        address: Optional[str] = typer.Option(None, "--address", help="Ray cluster: auto or HOST:PORT (default: sweep.address, else RAY_ADDRESS, else Ray on this machine)."),
+        max_retries: Optional[int] = typer.Option(None, "--max-retries", help="Restarts of a point whose worker or job died (default: sweep.max_retries, 2)."),
+        gpus: Optional[int] = typer.Option(None, "--gpus-per-point", help="Ray / Slurm: GPUs per point (default: 1 where the cluster has GPUs)."),
+        cpus: Optional[int] = typer.Option(None, "--cpus-per-point", help="Ray / Slurm: CPUs per point (default: sweep.cpus_per_point, 1)."),
+        partition: Optional[str] = typer.Option(None, "--partition", help="Slurm partition (default: sweep.slurm.partition)."),
+        time_min: Optional[int] = typer.Option(None, "--time-min", help="Slurm: time limit of one point's job, minutes (default: sweep.slurm.time_min)."),
     ):
-        """Run a grid of LoRA settings (one shared baseline) and write results.csv/.md and a Pareto plot."""
+        """Run a grid of LoRA settings (one shared baseline) and write results.csv/.md and a Pareto plot.
+
+        Points run on this machine, on a Ray cluster (--launcher ray) or as a Slurm job array
+        (--launcher slurm); the sweep folder must then be on a filesystem every node sees. Running
+        the same command again finishes only what is missing.
+        """
         from zhtune.config import load_config
         from zhtune.sweep import run_sweep, split_grid_overrides
 
         grid, plain = split_grid_overrides(list(overrides or []))
-        if output_dir:
-            plain.append(f"output.dir={output_dir}")
+        options = {"output.dir": output_dir, "sweep.launcher": launcher, "sweep.address": address,
+                   "sweep.max_retries": max_retries, "sweep.gpus_per_point": gpus,
+                   "sweep.cpus_per_point": cpus, "sweep.slurm.partition": partition,
+                   "sweep.slurm.time_min": time_min}
+        plain += [f"{key}={value}" for key, value in options.items() if value is not None]
         cfg = load_config(_config_path(config), plain)
-        summary = run_sweep(cfg, extra_grid=grid, data_dir=data_dir, workers=workers,
-                            devices=devices.split(",") if devices else None)
+        try:
+            summary = run_sweep(cfg, extra_grid=grid, data_dir=data_dir, workers=workers,
+                                devices=devices.split(",") if devices else None)
+        except KeyboardInterrupt:  # the sweep cancelled its jobs and said so
+            raise typer.Exit(130)
         out = Path(cfg.output.dir)
         console.print((out / "results.md").read_text(encoding="utf-8"))
         console.print(f"[bold green]results:[/] {out / 'results.csv'}  {out / 'pareto.png'}")
