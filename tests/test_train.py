@@ -174,3 +174,51 @@ def test_forgetting_probes_are_logged(tiny_qwen_dir, shared_data, tmp_path):
     probes = [e for e in read_jsonl(tmp_path / "train_log.jsonl") if "probe/zh_bpc" in e]
     assert [e["step"] for e in probes] == [0, 2, 4]  # the baseline, then every 2 steps
     assert all(e["probe/en_bpc"] > 0 and "probe/ceval_acc" in e for e in probes)
+
+
+def test_progress_bar_shows_step_loss_speed_and_eta_only_on_a_terminal():
+    import io
+
+    from rich.console import Console
+    from transformers import TrainerState
+
+    from zhtune.train.lora import RichProgressCallback
+
+    def run(terminal: bool, main: bool = True) -> str:
+        out = io.StringIO()
+        cb = RichProgressCallback(Console(file=out, force_terminal=terminal, width=150))
+        state = TrainerState(max_steps=4, is_world_process_zero=main)
+        cb.on_train_begin(None, state, None)
+        for step in range(1, 5):
+            state.global_step, state.num_input_tokens_seen = step, 1000 * step
+            cb.on_step_end(None, state, None)
+            cb.on_log(None, state, None, logs={"loss": 2.0 / step})
+        cb.on_train_end(None, state, None)
+        return out.getvalue()
+
+    shown = run(terminal=True)
+    assert "4/4" in shown and "loss 0.5000" in shown and "tokens/s" in shown and "ETA" in shown
+    assert run(terminal=False) == ""  # a pipe, a log file, a test: quiet
+    assert run(terminal=True, main=False) == ""  # other processes of a distributed run: quiet
+
+
+def test_bf16_loss_curve_stays_within_noise_of_fp32(tiny_llama_dir, shared_data, tmp_path):
+    """bf16 autocast (train.precision) follows the fp32 loss curve step by step: same data, seed,
+    dropout masks; the gap stays well below the step-to-step movement of the curve itself."""
+    curves = {}
+    for precision in ("fp32", "bf16"):
+        cfg = _cfg(tiny_llama_dir, "data.sample_size=16", "train.max_steps=24",
+                   "train.learning_rate=0.01", "lora.rank=16", "lora.alpha=64", "data.val_size=0",
+                   "train.save_steps=100", "train.warmup_ratio=0", f"train.precision={precision}")
+        metrics = train_lora(cfg, tmp_path / precision, data_dir=shared_data)
+        assert metrics["precision"] == precision
+        curves[precision] = [e["loss"] for e in read_jsonl(tmp_path / precision / "train_log.jsonl")
+                             if "loss" in e]
+    fp32, bf16 = curves["fp32"], curves["bf16"]
+    assert len(fp32) == len(bf16) == 24
+    gaps = [abs(a - b) for a, b in zip(fp32, bf16)]
+    movement = sum(abs(a - b) for a, b in zip(fp32, fp32[1:])) / (len(fp32) - 1)
+    print("fp32", [round(x, 4) for x in fp32], "\nbf16", [round(x, 4) for x in bf16])
+    assert max(gaps) < 0.1 and sum(gaps) / len(gaps) < 0.5 * movement, (gaps, movement)
+    assert gaps[0] > 0 or gaps[-1] > 0  # bf16 really ran: its numbers are not fp32's
+    assert sum(bf16[-4:]) / 4 < sum(bf16[:4]) / 4 - 0.05  # and it learns

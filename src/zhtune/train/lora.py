@@ -119,34 +119,47 @@ class JsonlLogCallback(TrainerCallback):
 
 
 class RichProgressCallback(TrainerCallback):
-    """A rich progress bar with the latest loss, instead of tqdm (main process only)."""
+    """A live rich progress bar: step, latest loss, trained tokens/s, elapsed and remaining time.
 
-    def __init__(self):
+    Main process only, and only when stderr is a terminal (as the evaluators' bars: logs, pipes
+    and tests stay quiet; ``train_log.jsonl`` has every number anyway).
+    """
+
+    def __init__(self, console=None):
+        self.console = console
         self.progress = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero:
-            return
         from rich.console import Console
+
+        console = self.console or Console(stderr=True)
+        if not state.is_world_process_zero or not console.is_terminal:
+            return
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                    TimeElapsedColumn, TimeRemainingColumn)
 
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TimeRemainingColumn(),
-                                 console=Console(stderr=True), transient=False)
+        self.progress = Progress(
+            TextColumn("training"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} tokens/s"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=console, transient=False)
         self.task = self.progress.add_task("training", total=state.max_steps,
-                                           completed=state.global_step)
+                                           completed=state.global_step, loss="-", speed="-")
+        # tokens/s of this session: a resumed run starts counting where it resumed
+        self.start = (time.perf_counter(), state.num_input_tokens_seen, state.global_step)
         self.progress.start()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.progress:
-            self.progress.update(self.task, completed=state.global_step)
+        if not self.progress:
+            return
+        t0, tokens0, _ = self.start
+        seconds = time.perf_counter() - t0
+        speed = (state.num_input_tokens_seen - tokens0) / seconds if seconds > 0 else 0.0
+        self.progress.update(self.task, completed=state.global_step, speed=f"{speed:,.0f}")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.progress and logs:
-            parts = [f"{k} {logs[k]:.4f}" for k in ("loss", "eval_loss") if k in logs]
-            if parts:
-                self.progress.update(self.task, description="training  " + "  ".join(parts))
+        if self.progress and logs and "loss" in logs:
+            self.progress.update(self.task, loss=f"{logs['loss']:.4f}")
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.progress:
@@ -155,7 +168,23 @@ class RichProgressCallback(TrainerCallback):
 
 
 class ZhtuneTrainer(Trainer):
-    """The HF Trainer, counting real (non-padding) tokens trained on in ``state.num_input_tokens_seen``."""
+    """The HF Trainer with two changes.
+
+    * The loss is computed on labelled positions only (``zhtune.train.fused``): the model runs
+      without its head, and head + cross-entropy run chunked on the positions that have a target.
+      Same value and gradients as HF's loss, without (positions x vocabulary) logits in memory.
+      Off under DeepSpeed (ZeRO-3 partitions the head weight outside the forward pass) and for
+      heads it does not reproduce (bias, soft-capping).
+    * Real (non-padding) tokens trained on are counted in ``state.num_input_tokens_seen``.
+    """
+
+    def __init__(self, *args, precision: str = "fp32", **kwargs):
+        super().__init__(*args, **kwargs)
+        from zhtune.train.fused import supports_labelled_loss
+
+        self.precision = precision
+        self.labelled_loss = (not self.args.deepspeed
+                              and supports_labelled_loss(self.accelerator.unwrap_model(self.model)))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         row_tokens = inputs.pop("row_tokens", None)
@@ -164,8 +193,34 @@ class ZhtuneTrainer(Trainer):
             if self.args.world_size > 1:
                 n = self.accelerator.gather(n)
             self.state.num_input_tokens_seen += int(n.sum().item())
-        return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                    num_items_in_batch=num_items_in_batch)
+        if not self.labelled_loss or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        from zhtune.train.fused import labelled_loss
+
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        loss, n_labelled, outputs = labelled_loss(model, head, inputs, labels, self._head_autocast())
+        # Normalised as HF's causal-LM loss: by the labelled tokens of the whole accumulated batch
+        # when the Trainer passes that count (it then skips its own division by the accumulation
+        # steps), else a mean over this batch.
+        if num_items_in_batch is not None:
+            loss = loss / num_items_in_batch
+            if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs:
+                loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss
+        else:
+            loss = loss / max(n_labelled, 1)
+        return (loss, outputs) if return_outputs else loss
+
+    def _head_autocast(self):
+        """The head runs in the training precision, as it does inside the model's forward pass."""
+        import contextlib
+
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.args.device.type, dtype=dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,8 +239,11 @@ def lora_settings(cfg: ExperimentConfig, family) -> dict:
     }
 
 
-def build_peft_model(model, cfg: ExperimentConfig, settings: dict):
+def build_peft_model(model, cfg: ExperimentConfig, settings: dict, fused: bool = True):
     """Wrap ``model`` with LoRA adapters as configured; returns (peft model, target module names).
+
+    ``fused``: LoRA layers run through ``zhtune.train.fused.LoraLinearFunction`` (same result,
+    a third of PEFT's activation memory); the adapter and its state dict are PEFT's either way.
 
     Also turns the KV cache off: packed rows rely on the block-diagonal mask that transformers
     derives from ``position_ids``, and it only does so when no cache is in use (with the cache on,
@@ -202,11 +260,44 @@ def build_peft_model(model, cfg: ExperimentConfig, settings: dict):
                               lora_dropout=settings["dropout"], target_modules=targets,
                               use_rslora=settings["use_rslora"], use_dora=settings["use_dora"],
                               bias="none", task_type="CAUSAL_LM")
-    return get_peft_model(model, peft_cfg), targets
+    peft_model = get_peft_model(model, peft_cfg)
+    if fused:
+        from zhtune.train.fused import fuse_lora_layers
+
+        fuse_lora_layers(peft_model)
+    return peft_model, targets
+
+
+def cpu_supports_bf16(cpuinfo: str | None = None) -> bool:
+    """True if the CPU multiplies bf16 natively (avx512_bf16 or AMX): then bf16 autocast pays off."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False  # not Linux: no way to tell, so the safe choice
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[-1].split())
+            break
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """``train.precision`` -> fp32 | bf16 | fp16 for this device (see TrainConfig.precision)."""
+    if requested == "fp16" and device.type != "cuda":
+        raise UserError(f"train.precision=fp16 needs a CUDA GPU; use bf16 or fp32 on {device.type}")
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and cpu_supports_bf16():
+        return "bf16"
+    return "fp32"
 
 
 def build_training_args(cfg: ExperimentConfig, out: Path, learning_rate: float, has_eval: bool,
-                        dtype: torch.dtype, device: torch.device):
+                        precision: str, device: torch.device):
     from transformers import TrainingArguments
 
     t = cfg.train
@@ -236,8 +327,8 @@ def build_training_args(cfg: ExperimentConfig, out: Path, learning_rate: float, 
         report_to=report_to or "none",
         seed=t.seed,
         data_seed=t.seed,
-        bf16=device.type == "cuda" and dtype == torch.bfloat16,
-        fp16=device.type == "cuda" and dtype == torch.float16,
+        bf16=precision == "bf16",  # autocast, on the CPU too; weights stay as loaded
+        fp16=precision == "fp16",
         use_cpu=device.type == "cpu",
         remove_unused_columns=False,  # the collator needs position_ids and row_tokens
         label_names=["labels"],
@@ -264,6 +355,31 @@ def deepspeed_config(spec: str | None) -> str | None:
         raise UserError("train.deepspeed is set but DeepSpeed is not installed "
                         "(pip install deepspeed; it needs CUDA GPUs)") from None
     return str(path)
+
+
+# glibc's M_MMAP_THRESHOLD (malloc.h). Allocations at least this large get their own mapping.
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 512 * 1024
+
+
+def return_freed_memory_to_os() -> bool:
+    """Make glibc give every freed tensor of >= 512 KB back to the OS at once (Linux, CPU training).
+
+    By default glibc raises its mmap threshold to the size of the largest block freed so far (up to
+    32 MB), so after the first step every activation (1-6 MB each here) lives in the heap, where
+    the freed ones fragment and stay in RSS: SmolLM2's steady-state peak was 4.0 GB for 2.7 GB of
+    live tensors (measured; README, "Training speed and memory"). A fixed threshold keeps each
+    large tensor in its own mapping, returned when freed, for the cost of fresh zeroed pages per
+    allocation. Process-wide, which suits a training process; returns False where not glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl without mallopt)
+        return False
 
 
 def _device_and_dtype(model_cfg: ModelConfig) -> tuple[torch.device, torch.dtype]:
@@ -299,14 +415,16 @@ def train_lora(cfg: ExperimentConfig, out_dir: str | Path, *, dataset_dir: str |
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data_dir = default_data_dir(data_dir or cfg.data.data_dir)
-    device, dtype = _device_and_dtype(cfg.model)
+    device, _ = _device_and_dtype(cfg.model)
+    precision = resolve_precision(cfg.train.precision, device)
 
     # The dataset first (cheap: no weights), so that bad data fails before a model is loaded.
     tokenizer, family, _ = load_tokenizer_and_family(cfg.model)
     tok_fp = tokenizer_fingerprint(tokenizer)
     settings = lora_settings(cfg, family)
     has_eval_guess = cfg.data.val_size > 0
-    args = build_training_args(cfg, out, settings["learning_rate"], has_eval_guess, dtype, device)
+    args = build_training_args(cfg, out, settings["learning_rate"], has_eval_guess, precision,
+                               device)
     is_main = args.process_index == 0
     lock = _lock_output(out) if is_main else None  # held until this function returns
     if dataset_dir is None:
@@ -317,8 +435,8 @@ def train_lora(cfg: ExperimentConfig, out_dir: str | Path, *, dataset_dir: str |
     manifest = check_compatible(dataset_dir, tokenizer, family, cfg.model.name_or_path, tok_fp)
     train_ds, val_ds = load_prepared(dataset_dir)
     if (val_ds is not None) != has_eval_guess:
-        args = build_training_args(cfg, out, settings["learning_rate"], val_ds is not None, dtype,
-                                   device)
+        args = build_training_args(cfg, out, settings["learning_rate"], val_ds is not None,
+                                   precision, device)
     run_fp = run_fingerprint(cfg, manifest["settings_fingerprint"])
 
     adapter_dir, ckpt_dir = out / "adapter", out / "checkpoints"
@@ -348,16 +466,19 @@ def train_lora(cfg: ExperimentConfig, out_dir: str | Path, *, dataset_dir: str |
         log.info("resuming from %s", last)
 
     # The model. Each process loads it onto its own device.
+    if args.device.type == "cpu":
+        return_freed_memory_to_os()  # before the model and the first activations are allocated
     model_cfg = cfg.model.model_copy(update={"device": str(args.device)})
     loaded = load_model(model_cfg, for_training=True)
     model, tokenizer = loaded.model, loaded.tokenizer
     if manifest["template"] == "chat":
         ensure_chat_template(tokenizer, family)  # the adapter's tokenizer speaks the trained format
     set_seed(cfg.train.seed)  # LoRA A matrices are drawn at random: same seed, same start
-    model, targets = build_peft_model(model, cfg, settings)
+    model, targets = build_peft_model(model, cfg, settings, fused=not cfg.train.deepspeed)
     trainable, total = model.get_nb_trainable_parameters()
-    log.info("LoRA r=%s alpha=%s on %s: %d trainable of %d parameters (%.3f%%)", settings["rank"],
-             settings["alpha"], ",".join(targets), trainable, total, 100 * trainable / total)
+    log.info("LoRA r=%s alpha=%s on %s: %d trainable of %d parameters (%.3f%%), %s", settings["rank"],
+             settings["alpha"], ",".join(targets), trainable, total, 100 * trainable / total,
+             precision)
 
     callbacks: list[TrainerCallback] = [JsonlLogCallback(out / "train_log.jsonl", resume_step, is_main),
                                         RichProgressCallback()]
@@ -372,7 +493,7 @@ def train_lora(cfg: ExperimentConfig, out_dir: str | Path, *, dataset_dir: str |
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     trainer = ZhtuneTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                             data_collator=PackedCollator(pad_id), processing_class=tokenizer,
-                            callbacks=callbacks)
+                            callbacks=callbacks, precision=precision)
     trainer.remove_callback(PrinterCallback)
     if probe_cb is not None:
         probe_cb.bind(trainer)  # probe metrics go through trainer.log: train_log.jsonl, TensorBoard
@@ -411,6 +532,7 @@ def train_lora(cfg: ExperimentConfig, out_dir: str | Path, *, dataset_dir: str |
         "resumed_from": resume_step,
         "wall_time_s": round(time.time() - t_start, 2),
         "device": str(args.device),
+        "precision": precision,
         "world_size": args.world_size,
     }
     meta = {
@@ -493,7 +615,7 @@ def _probe_callback(cfg: ExperimentConfig, tokenizer, family, out: Path, data_di
         return None
     probes = build_probe_set(data_dir, ceval_questions=p.ceval_questions,
                              mmlu_questions=p.mmlu_questions, perplexity_chars=p.perplexity_chars,
-                             shots=cfg.eval.shots)
+                             shots=cfg.eval.shots, questions=p.benchmarks, style=cfg.eval.style)
     return ForgettingProbeCallback(probes, tokenizer, family, every_steps=p.every_steps, out_dir=out,
                                    keep_best=p.keep_best,
                                    min_english_retention=p.min_english_retention,

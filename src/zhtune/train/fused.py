@@ -1,0 +1,213 @@
+"""Memory-lean training pieces: the loss on labelled positions only, and a fused LoRA linear.
+
+Where the memory of a LoRA step goes (SmolLM2-135M, 2 packed rows of 512 tokens, fp32, measured
+with ``torch.autograd.graph.saved_tensors_hooks``; docs in README "Training speed and memory"):
+
+* **LoRA dropout**, 1.2 GB: PEFT computes ``lora_B(lora_A(dropout(x)))`` per adapted layer, and
+  autograd keeps, for each of the 7 layers, a float dropout mask *and* the dropped-out copy of
+  ``x`` — although q/k/v (and gate/up) share one input. ``LoraLinearFunction`` keeps the shared
+  input once (a reference, no copy), a 1-byte mask, and the rank-r activations.
+* **Logits over the whole vocabulary**, 0.4 GB: HF computes ``lm_head`` at every position
+  (49,152 x 1,024 floats), then ``log_softmax`` keeps another copy for the backward pass, although
+  a third of the positions (the prompts) have no target. ``linear_cross_entropy`` takes the hidden
+  states at the labelled positions only and runs head + cross-entropy in chunks, computing the
+  gradient of the hidden states chunk by chunk in the forward pass (the head is frozen), so no
+  (positions x vocabulary) tensor outlives a chunk.
+
+Both compute exactly what PEFT / HF compute (tests/test_fused.py: same loss to 1e-5, same
+gradients), in the autocast dtype when autocast is on.
+"""
+from __future__ import annotations
+
+import types
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+# Rows of logits per chunk: CHUNK_ELEMENTS / vocabulary (SmolLM2: 170 rows, 32 MB in fp32). Each
+# chunk reads the whole head matrix, so chunks should not be tiny either.
+CHUNK_ELEMENTS = 2**23
+
+
+def compute_dtype(device_type: str, fallback: torch.dtype) -> torch.dtype:
+    """The dtype matmuls run in here: autocast's when it is on, else the tensors' own."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return fallback
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss on labelled positions
+
+
+def shifted_targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(keep, targets): position t predicts labels[t + 1]; ``keep`` marks positions with a target.
+
+    ``keep`` is (batch, length) bool, ``targets`` the kept targets in row-major order — the order
+    of ``hidden[keep]``.
+    """
+    nxt = torch.full_like(labels, IGNORE_INDEX)
+    nxt[:, :-1] = labels[:, 1:]
+    keep = nxt != IGNORE_INDEX
+    return keep, nxt[keep]
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """sum_i CE(hidden_i @ weight.T, target_i), chunked; the head ``weight`` must be frozen.
+
+    The gradient w.r.t. ``hidden`` is computed in the forward pass, chunk by chunk (softmax minus
+    one-hot, times the head), so only one chunk of logits exists at a time and nothing of
+    vocabulary size is kept for backward. Matmuls run in the autocast dtype when autocast is on
+    (as HF's head does); the softmax and the loss are always fp32.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk: int, need_grad: bool):
+        dtype = compute_dtype(hidden.device.type, hidden.dtype)
+        w = weight.to(dtype)
+        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad = torch.empty_like(hidden) if need_grad else None
+        for start in range(0, hidden.shape[0], chunk):
+            h, t = hidden[start:start + chunk].to(dtype), targets[start:start + chunk]
+            logits = (h @ w.t()).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            loss += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            if need_grad:
+                probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+                probs[torch.arange(len(t), device=t.device), t] -= 1.0
+                grad[start:start + chunk] = (probs.to(dtype) @ w).to(hidden.dtype)
+        ctx.save_for_backward(grad)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_loss.to(grad.dtype), None, None, None, None
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         chunk: int | None = None) -> torch.Tensor:
+    """Summed cross-entropy of ``hidden @ weight.T`` (N x vocab) against ``targets`` (N,)."""
+    if weight.requires_grad:
+        raise ValueError("linear_cross_entropy needs a frozen output head")
+    chunk = chunk or max(1, CHUNK_ELEMENTS // weight.shape[0])
+    need_grad = torch.is_grad_enabled() and hidden.requires_grad
+    return LinearCrossEntropy.apply(hidden, weight, targets, chunk, need_grad)
+
+
+def labelled_loss(model, head: torch.nn.Linear, inputs: dict, labels: torch.Tensor,
+                  head_autocast) -> tuple[torch.Tensor, int, object]:
+    """(summed loss, labelled positions, model outputs): the model runs without its head.
+
+    ``logits_to_keep`` as an all-False mask makes the model skip its head (transformers >= 5
+    takes a (batch, length) bool mask there); ``hidden_states[-1]`` is the final-norm output
+    that the head would have read. Calling the model itself (not its inner decoder) keeps DDP and
+    accelerate's autocast wrapper in the path.
+    """
+    keep, targets = shifted_targets(labels)
+    outputs = model(**inputs, logits_to_keep=torch.zeros_like(keep), output_hidden_states=True)
+    hidden = outputs.hidden_states[-1][keep]
+    with head_autocast:
+        loss = linear_cross_entropy(hidden, head.weight, targets)
+    return loss, int(targets.numel()), outputs
+
+
+def supports_labelled_loss(model) -> bool:
+    """Heads this loss reproduces exactly: a plain bias-free linear, no logit soft-capping."""
+    head = model.get_output_embeddings()
+    cfg = getattr(model, "config", None)
+    return (isinstance(head, torch.nn.Linear) and head.bias is None and not head.weight.requires_grad
+            and getattr(cfg, "final_logit_softcapping", None) is None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fused LoRA linear
+
+
+def dropout_mask(x: torch.Tensor, p: float) -> torch.Tensor:
+    """A bool keep-mask with P(keep) = 1 - p (1 byte per element; PEFT's float mask takes 4)."""
+    return torch.empty(x.shape, dtype=torch.bool, device=x.device).bernoulli_(1.0 - p)
+
+
+class LoraLinearFunction(torch.autograd.Function):
+    """y = x W^T + b + s * (drop(x) A^T) B^T with a frozen W, b; trains A and B.
+
+    Saved for backward: ``x`` itself (the caller's tensor: q/k/v share one, so it is kept once),
+    the bool dropout mask and ``drop(x) A^T`` (rank r). ``drop(x)`` is rebuilt from them in the
+    backward pass instead of being stored.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, p: float):
+        dtype = compute_dtype(x.device.type, x.dtype)
+        x2 = x.reshape(-1, x.shape[-1])
+        xc = x2.to(dtype)
+        mask = dropout_mask(x2, p) if p > 0 else None
+        xd = xc * mask / (1.0 - p) if mask is not None else xc
+        a = xd @ lora_a.to(dtype).t()
+        del xd
+        w = weight.to(dtype)
+        y = xc @ w.t() if bias is None else torch.addmm(bias.to(dtype), xc, w.t())
+        y.addmm_(a, lora_b.to(dtype).t(), alpha=scaling)
+        ctx.save_for_backward(x, weight, lora_a, lora_b, mask, a)
+        ctx.scaling, ctx.p, ctx.dtype = scaling, p, dtype
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight, lora_a, lora_b, mask, a = ctx.saved_tensors
+        s, p, dtype = ctx.scaling, ctx.p, ctx.dtype
+        gy = grad_y.reshape(-1, grad_y.shape[-1]).to(dtype)
+        a_w, b_w = lora_a.to(dtype), lora_b.to(dtype)
+        ga = (gy @ b_w) * s  # gradient at the rank-r activations
+        grad_b = ((gy.t() @ a) * s).to(lora_b.dtype) if ctx.needs_input_grad[4] else None
+        grad_a = grad_x = None
+        if ctx.needs_input_grad[3]:
+            xd = x.reshape(-1, x.shape[-1]).to(dtype)
+            if mask is not None:
+                xd = xd * mask / (1.0 - p)
+            grad_a = (ga.t() @ xd).to(lora_a.dtype)
+        if ctx.needs_input_grad[0]:
+            gx = gy @ weight.to(dtype)
+            if mask is None:
+                gx.addmm_(ga, a_w)
+            else:
+                gx.add_((ga @ a_w) * mask, alpha=1.0 / (1.0 - p))
+            grad_x = gx.view(x.shape).to(x.dtype)
+        return grad_x, None, None, grad_a, grad_b, None, None
+
+
+def _fused_lora_forward(self, x, *args, **kwargs):
+    """peft.tuners.lora.Linear.forward for the plain case; anything else takes PEFT's own path."""
+    active = [a for a in self.active_adapters if a in self.lora_A]
+    base = self.base_layer
+    plain = (not args and not kwargs and not self.disable_adapters and not self.merged
+             and len(active) == 1 and active[0] not in self.lora_variant
+             and type(base) is torch.nn.Linear and not base.weight.requires_grad
+             and (base.bias is None or not base.bias.requires_grad))
+    if not plain:
+        return type(self).forward(self, x, *args, **kwargs)
+    name = active[0]
+    drop = self.lora_dropout[name]
+    p = drop.p if isinstance(drop, torch.nn.Dropout) and self.training else 0.0
+    return LoraLinearFunction.apply(x, base.weight, base.bias, self.lora_A[name].weight,
+                                    self.lora_B[name].weight, float(self.scaling[name]), p)
+
+
+def fuse_lora_layers(model) -> int:
+    """Route every PEFT LoRA ``Linear`` of ``model`` through ``LoraLinearFunction``; returns how many.
+
+    The modules, parameters and state dict stay PEFT's (saving, loading, merging, scaling are
+    unchanged); only the instance's ``forward`` is replaced, and it falls back to PEFT's own for
+    anything but one active vanilla adapter on a frozen ``nn.Linear``.
+    """
+    from peft.tuners.lora import Linear as LoraLinear
+
+    n = 0
+    for module in model.modules():
+        if isinstance(module, LoraLinear):
+            module.forward = types.MethodType(_fused_lora_forward, module)
+            n += 1
+    return n
+
