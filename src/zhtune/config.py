@@ -8,10 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from zhtune.errors import UserError
 from zhtune.io import atomic_write_text
@@ -77,6 +77,9 @@ class ProbeConfig(_Section):
     every_steps: int | None = Field(None, gt=0)  # None: no probes during training
     ceval_questions: int = Field(40, ge=0)
     mmlu_questions: int = Field(40, ge=0)
+    # Questions per benchmark, any benchmark with a spec ({cmmlu: 40, mmlu: 40}); None: C-Eval
+    # ceval_questions and MMLU mmlu_questions.
+    benchmarks: dict[str, int] | None = None
     perplexity_chars: int = Field(4000, ge=0)
     keep_best: bool = False  # keep the checkpoint with the best zh-gain / en-loss trade-off
     min_english_retention: float | None = Field(None, gt=0.0, le=1.0)  # stop early below this
@@ -93,6 +96,10 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.0, ge=0.0)
     max_grad_norm: float = Field(1.0, gt=0)
     gradient_checkpointing: bool = False
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Autocast dtype of the training matmuls (weights and optimizer stay as "
+        "loaded). auto: bf16 on GPUs with bf16 and on CPUs with avx512_bf16 or AMX, fp16 on older "
+        "GPUs, fp32 otherwise. fp16 needs a GPU.")
     logging_steps: int = Field(5, gt=0)
     save_steps: int = Field(50, gt=0)
     save_total_limit: int = Field(2, gt=0)
@@ -103,10 +110,26 @@ class TrainConfig(_Section):
     probes: ProbeConfig = Field(default_factory=ProbeConfig)
 
 
+def _known_benchmark(name: str) -> str:
+    """Each benchmark is checked on its own, so an error names the bad element (eval.benchmarks.0)."""
+    from zhtune.data.specs import list_specs
+
+    if name not in list_specs():
+        raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(list_specs())}")
+    return name
+
+
 class EvalConfig(_Section):
-    benchmarks: list[Literal["ceval", "cmmlu", "mmlu", "gsm8k"]] = Field(
-        default_factory=lambda: ["ceval", "cmmlu", "mmlu", "gsm8k"]
-    )
+    # Any benchmark with a spec in zhtune/resources/benchmarks/ (ceval, cmmlu, mmlu, gsm8k).
+    benchmarks: list[Annotated[str, AfterValidator(_known_benchmark)]] = Field(
+        default_factory=lambda: ["ceval", "cmmlu", "mmlu", "gsm8k"])
+    # Prompt style: "lm-eval" reproduces lm-evaluation-harness 0.4.13's tasks, "official" the
+    # benchmark authors' code and their aggregation (C-Eval and CMMLU: mean of subject accuracies).
+    style: Literal["lm-eval", "official"] = "lm-eval"
+    # Multiple choice: "letter" (options shown, next-token letter), "cloze" (each option's text by
+    # log-likelihood; headline acc_norm), or "both" (cloze results under "<benchmark>_cloze").
+    formulation: Literal["letter", "cloze", "both"] = "letter"
+    write_prompts: bool = False  # prompts.jsonl: the exact context and continuations per question
     subjects: list[str] | None = None
     shots: int = Field(5, ge=0)
     gsm8k_shots: int = Field(5, ge=0)
@@ -124,8 +147,13 @@ class EvalConfig(_Section):
 
 
 class AnalysisConfig(_Section):
-    bootstrap_samples: int = Field(2000, gt=0)
-    seed: int = 0
+    forgetting_margin: float = Field(2.0, ge=0.0, le=100.0, description=(
+        "Forgetting margin in points of accuracy: English (and each English benchmark) is called 'no "
+        "forgetting beyond the margin' when the one-sided 95% upper bound of forgetting (the 90% two-sided "
+        "interval's bound, a TOST at alpha 0.05) is below it."))
+    gain_margin: float = Field(2.0, ge=0.0, le=100.0, description=(
+        "Gain margin in points of accuracy: Chinese (and each Chinese benchmark) is called 'no gain beyond "
+        "the margin' when the one-sided 95% upper bound of the gain is below it."))
     # Accepted loss of English accuracy (points) when recommending an adapter scale.
     english_tolerance: float = Field(1.0, ge=0.0)
 
@@ -136,11 +164,32 @@ class OutputConfig(_Section):
     baseline_cache: str | None = None  # None: ZHTUNE_HOME/baselines
 
 
+class SlurmConfig(_Section):
+    # "slurm" submits with sbatch (through submitit); "local" runs the same job array as processes
+    # on this machine, to try a config before queueing it.
+    cluster: Literal["slurm", "local"] = "slurm"
+    partition: str | None = None
+    time_min: int = Field(24 * 60, gt=0)  # wall-clock limit of one grid point's job
+    mem_gb: int | None = Field(None, gt=0)
+    array_parallelism: int = Field(64, gt=0)  # grid points running at once
+    additional: dict[str, Any] = Field(default_factory=dict)  # more sbatch options: {account: x, qos: y}
+
+
 class SweepConfig(_Section):
     # Dotted key -> values; the sweep runs the Cartesian product, e.g. {"lora.rank": [4, 8]}.
     grid: dict[str, list[Any]] = Field(default_factory=dict)
-    workers: int = Field(1, gt=0)  # runs at a time (processes)
-    devices: list[str] | None = None  # one worker per device, e.g. ["cuda:0", "cuda:1"]
+    # Where grid points run: this machine ("local"), a Ray cluster, or a Slurm job array.
+    launcher: Literal["local", "ray", "slurm"] = "local"
+    workers: int = Field(1, gt=0)  # local: runs at a time (processes)
+    devices: list[str] | None = None  # local: one worker per device, e.g. ["cuda:0", "cuda:1"]
+    address: str | None = None  # ray: "auto", "HOST:PORT"; None: RAY_ADDRESS, else Ray on this machine
+    # None: 1 where the cluster has GPUs (Ray: counted; Slurm: assumed, 0 with slurm.cluster=local)
+    gpus_per_point: int | None = Field(None, ge=0)
+    cpus_per_point: int = Field(1, gt=0)
+    # A point whose worker or job died (killed, node lost) starts again from its last checkpoint
+    # this many times before it is reported as failed.
+    max_retries: int = Field(2, ge=0)
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
 
 
 class ExperimentConfig(_Section):

@@ -47,8 +47,8 @@ def run_stage(name: str, stage_dir: Path, fp: str, work: Callable[[Path], None],
     A folder started with other settings is wiped first; one started with the same settings is
     handed to ``work`` as it is, so that resumable work (training checkpoints) continues.
     """
-    finished, started = stage_dir / _FINISHED, stage_dir / _STARTED
-    if not force and finished.exists() and read_json(finished).get("fingerprint") == fp:
+    started = stage_dir / _STARTED
+    if not force and stage_is_current(stage_dir, fp):
         log.info("stage %-8s up to date (%s)", name, stage_dir)
         result.skipped.append(name)
         return
@@ -56,6 +56,7 @@ def run_stage(name: str, stage_dir: Path, fp: str, work: Callable[[Path], None],
                                or read_json(started).get("fingerprint") != fp):
         shutil.rmtree(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
+    finished = stage_dir / _FINISHED
     finished.unlink(missing_ok=True)
     atomic_write_json(started, {"stage": name, "fingerprint": fp})
     log.info("stage %-8s running -> %s", name, stage_dir)
@@ -64,6 +65,26 @@ def run_stage(name: str, stage_dir: Path, fp: str, work: Callable[[Path], None],
     atomic_write_json(finished, {"stage": name, "fingerprint": fp, "seconds": time.time() - t0,
                                  "zhtune_version": __version__})
     result.ran.append(name)
+
+
+def stage_is_current(stage_dir: Path, fp: str) -> bool:
+    """True if ``stage_dir`` holds a finished marker with fingerprint ``fp`` (the stage is skipped)."""
+    finished = stage_dir / _FINISHED
+    return finished.exists() and read_json(finished).get("fingerprint") == fp
+
+
+def stage_fingerprints(cfg: ExperimentConfig, data_dir: Path | None) -> dict[str, str]:
+    """Each stage's fingerprint. They chain: a stage's includes the fingerprints of its inputs."""
+    fps = {"baseline": baseline_fingerprint(cfg, data_dir)}
+    fps["prepare"] = fingerprint("prepare", cfg.model.model_dump(exclude={"device", "dtype"}),
+                                 config_to_dict(cfg.data), str(data_dir), __version__)
+    fps["train"] = fingerprint("train", fps["prepare"], config_to_dict(cfg.lora),
+                               cfg.train.model_dump(exclude={"report_to"}),
+                               cfg.model.model_dump(exclude={"device"}))
+    fps["evaluate"] = fingerprint("evaluate", fps["train"], fps["baseline"], config_to_dict(cfg.eval))
+    fps["compare"] = fingerprint("compare", fps["evaluate"], config_to_dict(cfg.analysis))
+    fps["report"] = fingerprint("report", fps["compare"])
+    return fps
 
 
 def baseline_fingerprint(cfg: ExperimentConfig, data_dir: Path | None) -> str:
@@ -75,6 +96,17 @@ def baseline_fingerprint(cfg: ExperimentConfig, data_dir: Path | None) -> str:
 def baseline_dir(cfg: ExperimentConfig, data_dir: Path | None) -> Path:
     root = Path(cfg.output.baseline_cache) if cfg.output.baseline_cache else zhtune_home() / "baselines"
     return root / baseline_fingerprint(cfg, data_dir)
+
+
+def evaluate_baseline(cfg: ExperimentConfig, data_dir: Path | None, result: ExperimentResult,
+                      force: bool = False) -> None:
+    """The baseline stage: the base model evaluated into the shared cache (also run alone, once,
+    by a sweep before its grid points start)."""
+    from zhtune.eval.suite import run_eval
+
+    run_stage("baseline", baseline_dir(cfg, data_dir), baseline_fingerprint(cfg, data_dir),
+              lambda d: run_eval(cfg.model, cfg.eval, d, data_dir=data_dir, include_base=True),
+              result, force)
 
 
 def run_experiment(cfg: ExperimentConfig, *, data_dir: str | Path | None = None,
@@ -102,21 +134,12 @@ def run_experiment(cfg: ExperimentConfig, *, data_dir: str | Path | None = None,
                            train_dir=out / "train", eval_dir=out / "eval",
                            compare_dir=out / "compare", report_dir=out / "report")
 
-    # Fingerprints chain: a stage's fingerprint includes the fingerprints of its inputs.
-    fp_base = baseline_fingerprint(cfg, data_dir)
-    fp_prep = fingerprint("prepare", cfg.model.model_dump(exclude={"device", "dtype"}),
-                          config_to_dict(cfg.data), str(data_dir), __version__)
-    fp_train = fingerprint("train", fp_prep, config_to_dict(cfg.lora),
-                           cfg.train.model_dump(exclude={"report_to"}),
-                           cfg.model.model_dump(exclude={"device"}))
-    fp_eval = fingerprint("evaluate", fp_train, fp_base, config_to_dict(cfg.eval))
-    fp_cmp = fingerprint("compare", fp_eval, config_to_dict(cfg.analysis))
-    fp_report = fingerprint("report", fp_cmp)
+    fps = stage_fingerprints(cfg, data_dir)
+    fp_prep, fp_train, fp_eval = fps["prepare"], fps["train"], fps["evaluate"]
+    fp_cmp, fp_report = fps["compare"], fps["report"]
     prepared = out / "data"
 
-    run_stage("baseline", res.baseline_dir, fp_base,
-              lambda d: run_eval(cfg.model, cfg.eval, d, data_dir=data_dir, include_base=True),
-              res, "baseline" in forced)
+    evaluate_baseline(cfg, data_dir, res, "baseline" in forced)
     run_stage("prepare", prepared, fp_prep,
               lambda d: prepare_dataset(cfg, d, data_dir=data_dir), res, "prepare" in forced)
     run_stage("train", res.train_dir, fp_train,
@@ -130,8 +153,8 @@ def run_experiment(cfg: ExperimentConfig, *, data_dir: str | Path | None = None,
     tuned = tuned_eval_dir(res.eval_dir)
     run_stage("compare", res.compare_dir, fp_cmp,
               lambda d: compare_runs(res.baseline_dir / "base", tuned, output_dir=d,
-                                     bootstrap_samples=cfg.analysis.bootstrap_samples,
-                                     seed=cfg.analysis.seed),
+                                     forgetting_margin=cfg.analysis.forgetting_margin,
+                                     gain_margin=cfg.analysis.gain_margin),
               res, "compare" in forced)
     run_stage("report", res.report_dir, fp_report,
               lambda d: build_report(base=res.baseline_dir / "base", tuned=[tuned],
@@ -139,8 +162,8 @@ def run_experiment(cfg: ExperimentConfig, *, data_dir: str | Path | None = None,
                                      scale_dir=res.eval_dir if len(cfg.eval.adapter_scales) > 1 else None,
                                      output_dir=d, title=cfg.name,
                                      tolerance=cfg.analysis.english_tolerance,
-                                     bootstrap_samples=cfg.analysis.bootstrap_samples,
-                                     seed=cfg.analysis.seed),
+                                     forgetting_margin=cfg.analysis.forgetting_margin,
+                                     gain_margin=cfg.analysis.gain_margin),
               res, "report" in forced)
     atomic_write_json(out / "experiment.json", {
         "name": cfg.name, "stages": {s: d for s, d in zip(
