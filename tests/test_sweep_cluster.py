@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from zhtune.commands.run import packaged_config
-from zhtune.config import load_config
+from zhtune.config import load_config, shipped_config
 from zhtune.errors import UserError
 from zhtune.sweep import run_sweep
+from zhtune.train.lora import checkpoint_is_complete
 
 # Columns that must agree between launchers (train_seconds is a wall time and may not).
 SAME = ("run", "lora.rank", "lora.dropout", "status", "chinese_gain", "chinese_gain_ci", "english_forgetting",
@@ -27,7 +27,7 @@ POINTS = {"rank4-dropout0.05", "rank4-dropout0.1", "rank8-dropout0.05", "rank8-d
 
 def small_grid(model_dir: Path, out: Path, *extra: str):
     """configs/sweep-cpu-small.yaml (rank 4, 8 x dropout 0.05, 0.1) on the tiny model, in seconds."""
-    return load_config(packaged_config("sweep-cpu-small"), [
+    return load_config(shipped_config("sweep-cpu-small"), [
         f"model.name_or_path={model_dir}", "data.sample_size=48", "data.max_length=128",
         "data.val_size=0.1", "lora.alpha=8", "train.max_steps=4", "train.save_steps=2",
         "train.logging_steps=1", "train.learning_rate=1e-3", "train.report_to=[]",
@@ -124,7 +124,9 @@ def _kill_when_checkpointed(point_dir: Path, killed: list, sig=signal.SIGKILL, t
     deadline = time.time() + timeout
     while time.time() < deadline:
         status_file = point_dir / "sweep-status.json"
-        ckpts = list((point_dir / "train" / "checkpoints").glob("checkpoint-*/trainer_state.json"))
+        # complete, by the rule resuming uses: trainer_state.json appearing is not enough, a kill
+        # while it is being written leaves a checkpoint that resuming rightly discards
+        ckpts = [p for p in (point_dir / "train" / "checkpoints").glob("checkpoint-*") if checkpoint_is_complete(p)]
         if ckpts and status_file.exists():
             status = json.loads(status_file.read_text())
             if status["state"] == "running":
@@ -193,7 +195,7 @@ def test_slurm_dead_job_reported_then_rerun_finishes_it(tiny_llama_dir, shared_d
 def test_shipped_slurm_config_and_no_sbatch(tiny_llama_dir, shared_data, tmp_path, monkeypatch):
     from zhtune.sweep.grid import grid_points
 
-    cfg = load_config(packaged_config("sweep-lora-grid-slurm"), [f"output.dir={tmp_path / 'grid'}"])
+    cfg = load_config(shipped_config("sweep-lora-grid-slurm"), [f"output.dir={tmp_path / 'grid'}"])
     assert cfg.sweep.launcher == "slurm" and cfg.sweep.slurm.partition
     assert len(grid_points(cfg, None, tmp_path / "grid")) == 36
     # Without Slurm on this machine the real cluster is refused with what to do instead.
