@@ -9,23 +9,6 @@ import typer
 from rich.console import Console
 
 console = Console()
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-
-
-def packaged_config(name: str) -> Path:
-    """A config shipped with zhtune (``configs/NAME.yaml``)."""
-    path = CONFIG_DIR / (name if name.endswith(".yaml") else f"{name}.yaml")
-    if not path.exists():
-        from zhtune.errors import UserError
-
-        shipped = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-        raise UserError(f"no shipped config {name!r}; shipped: {shipped}")
-    return path
-
-
-def _config_path(config: str) -> Path:
-    path = Path(config)
-    return path if path.exists() or path.suffix else packaged_config(config)
 
 
 def print_headline(result) -> None:
@@ -54,11 +37,11 @@ def register(app: typer.Typer) -> None:
         Stages whose outputs exist and were made from the same settings are skipped; an interrupted
         run continues where it stopped when the same command is run again.
         """
-        from zhtune.config import load_config
+        from zhtune.config import resolve_config
         from zhtune.experiment import run_experiment
 
         extra = list(overrides or []) + ([f"output.dir={output_dir}"] if output_dir else [])
-        cfg = load_config(_config_path(config), extra)
+        cfg = resolve_config(config, overrides=extra)
         t0 = time.time()
         result = run_experiment(cfg, data_dir=data_dir, force=tuple(force or ()))
         console.print(f"ran: {', '.join(result.ran) or '-'}; up to date: {', '.join(result.skipped) or '-'}"
@@ -87,7 +70,7 @@ def register(app: typer.Typer) -> None:
         (--launcher slurm); the sweep folder must then be on a filesystem every node sees. Running
         the same command again finishes only what is missing.
         """
-        from zhtune.config import load_config
+        from zhtune.config import resolve_config
         from zhtune.sweep import run_sweep, split_grid_overrides
 
         grid, plain = split_grid_overrides(list(overrides or []))
@@ -96,7 +79,7 @@ def register(app: typer.Typer) -> None:
                    "sweep.cpus_per_point": cpus, "sweep.slurm.partition": partition,
                    "sweep.slurm.time_min": time_min}
         plain += [f"{key}={value}" for key, value in options.items() if value is not None]
-        cfg = load_config(_config_path(config), plain)
+        cfg = resolve_config(config, overrides=plain)
         try:
             summary = run_sweep(cfg, extra_grid=grid, data_dir=data_dir, workers=workers,
                                 devices=devices.split(",") if devices else None)
@@ -116,11 +99,11 @@ def register(app: typer.Typer) -> None:
         overrides: Optional[List[str]] = typer.Argument(None, help="Dotted overrides of configs/demo-cpu.yaml."),
     ):
         """The whole experiment at small scale on a CPU (about 10 minutes with the model pull)."""
-        from zhtune.config import load_config
+        from zhtune.config import load_config, shipped_config
         from zhtune.experiment import run_experiment
 
         name = "qwen-demo-cpu" if qwen else "demo-cpu"
-        cfg = load_config(packaged_config(name), list(overrides or []) + [f"output.dir={output_dir}"])
+        cfg = load_config(shipped_config(name), list(overrides or []) + [f"output.dir={output_dir}"])
         t0 = time.time()
         result = run_experiment(cfg, data_dir=data_dir)
         console.print(f"[bold]zhtune demo[/] finished in {time.time() - t0:.0f} s "
