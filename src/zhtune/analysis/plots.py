@@ -260,8 +260,9 @@ def plot_training_curves(train_dir: str | Path, stem: str | Path) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------------- trade-off
-def pareto_front(points: Sequence[dict]) -> list[str]:
-    """Labels of points no other point beats on both more Chinese gain and less English forgetting."""
+def pareto_front(points: Sequence[dict], label: str = "label") -> list[str]:
+    """The ``label`` of every point no other point beats on both more Chinese gain and less English
+    forgetting (the sweep's rows use ``label="run"``)."""
     front = []
     for p in points:
         dominated = any(q is not p and q["chinese_gain"] >= p["chinese_gain"]
@@ -269,7 +270,7 @@ def pareto_front(points: Sequence[dict]) -> list[str]:
                         and (q["chinese_gain"] > p["chinese_gain"] or q["english_forgetting"] < p["english_forgetting"])
                         for q in points)
         if not dominated:
-            front.append(p["label"])
+            front.append(p[label])
     return front
 
 

@@ -47,17 +47,10 @@ def headline_numbers(cmp: dict) -> dict:
 
 
 def pareto_front(rows: list[dict]) -> list[str]:
-    """Runs not dominated in (more Chinese gain, less English forgetting)."""
-    done = [r for r in rows if r.get("status") == "done"]
-    front = []
-    for r in done:
-        dominated = any(o is not r and o["chinese_gain"] >= r["chinese_gain"]
-                        and o["english_forgetting"] <= r["english_forgetting"]
-                        and (o["chinese_gain"] > r["chinese_gain"]
-                             or o["english_forgetting"] < r["english_forgetting"]) for o in done)
-        if not dominated:
-            front.append(r["run"])
-    return front
+    """Finished runs not dominated in (more Chinese gain, less English forgetting)."""
+    from zhtune.analysis.plots import pareto_front as front_of
+
+    return front_of([r for r in rows if r.get("status") == "done"], label="run")
 
 
 def write_results(out_root: Path, rows: list[dict], failed: dict[str, str]) -> dict:
