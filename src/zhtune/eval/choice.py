@@ -313,6 +313,19 @@ def _subject_prompts(tokenizer, family, benchmark, subject, questions, shots, da
     return (head if all(t.startswith(head) for t in texts) else None), texts
 
 
+def _scoring_setup(model, tokenizer, family, chat: bool):
+    """What letter and cloze scoring both need: the family (for chat prompts), the decoder body and
+    head run separately, the device and the padding id."""
+    if chat and family is None:
+        from zhtune.models.families import detect_family
+
+        family = detect_family(model.config, tokenizer)
+    body, head = _decoder_parts(model)
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return family, body, head, device, pad_id
+
+
 def score_choice(model, tokenizer, questions: list[Question], *, shots: int = 5, data_dir=None,
                  batch_size: int = 8, chat: bool = False, family=None, use_cache: bool = True,
                  progress: bool = True, style: str = DEFAULT_STYLE) -> list[ChoicePrediction]:
@@ -324,13 +337,7 @@ def score_choice(model, tokenizer, questions: list[Question], *, shots: int = 5,
     ``ChoicePrediction.used_cache``."""
     if not questions:
         return []
-    if chat and family is None:
-        from zhtune.models.families import detect_family
-
-        family = detect_family(model.config, tokenizer)
-    body, head = _decoder_parts(model)
-    device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    family, body, head, device, pad_id = _scoring_setup(model, tokenizer, family, chat)
     max_positions = getattr(model.config, "max_position_embeddings", None)
 
     groups: dict[tuple[str, str], list[int]] = {}
@@ -493,13 +500,7 @@ def score_cloze(model, tokenizer, questions: list[Question], *, shots: int = 5, 
 
     if not questions:
         return []
-    if chat and family is None:
-        from zhtune.models.families import detect_family
-
-        family = detect_family(model.config, tokenizer)
-    body, head = _decoder_parts(model)
-    device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    family, body, head, device, pad_id = _scoring_setup(model, tokenizer, family, chat)
     groups: dict[tuple[str, str], list[int]] = {}
     for i, q in enumerate(questions):
         if not is_multiple_choice(q.benchmark):

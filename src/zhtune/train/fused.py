@@ -22,7 +22,6 @@ from __future__ import annotations
 import types
 
 import torch
-import torch.nn.functional as F
 
 IGNORE_INDEX = -100
 # Rows of logits per chunk: CHUNK_ELEMENTS / vocabulary (SmolLM2: 170 rows, 32 MB in fp32). Each
