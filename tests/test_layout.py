@@ -29,3 +29,20 @@ def test_links_replace_one_benchmark_and_keep_the_rest(shared_data, tmp_path):
 def test_a_path_that_is_no_benchmark_folder_is_an_error(tmp_path):
     with pytest.raises(UserError, match="--mmlu_path"):
         compose_data_dir(None, {"mmlu": str(tmp_path)}, tmp_path / "out")
+
+
+def test_eval_reports_a_bad_row_before_loading_the_model(tmp_path, monkeypatch):
+    """A broken benchmark file is an error naming the file and row before the model is loaded."""
+    import zhtune.models.loading as loading
+    from zhtune.config import EvalConfig, ModelConfig
+    from zhtune.eval.suite import run_eval
+
+    bad = tmp_path / "data" / "ceval" / "val" / "logic_val.csv"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("id,question,A,B,C,D,answer\n0,q0,a,b,c,d,A\n1,q1,a,b,c,B\n", encoding="utf-8")
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("model loaded before the data was checked"))
+    with pytest.raises(UserError) as err:
+        run_eval(ModelConfig(name_or_path="builtin:smollm2-135m-instruct"),
+                 EvalConfig(benchmarks=["ceval"], subjects=["logic"], perplexity=False),
+                 tmp_path / "out", data_dir=tmp_path / "data", progress=False)
+    assert str(bad) in str(err.value) and "row 3" in str(err.value)

@@ -417,6 +417,7 @@ def run_eval(model_cfg: ModelConfig, eval_cfg: EvalConfig, out_dir, *, data_dir=
     out.mkdir(parents=True, exist_ok=True)
     data_dir = default_data_dir(data_dir)
     _save_settings(model_cfg, eval_cfg.model_copy(update={"adapter_scales": list(scales)}), data_dir, out)
+    load_questions(eval_cfg, data_dir)  # a bad row is reported now, not after minutes of model loading
     loaded = load_model(model_cfg)
     model, tokenizer, family = loaded.model, loaded.tokenizer, loaded.family
     base_meta = {"model": model_cfg.name_or_path, "family": family.name,
