@@ -41,3 +41,15 @@ def tiny_qwen_dir(tmp_path_factory, shared_data) -> Path:
 @pytest.fixture(params=["llama", "qwen2"])
 def tiny_model_dir(request, tiny_llama_dir, tiny_qwen_dir) -> Path:
     return tiny_llama_dir if request.param == "llama" else tiny_qwen_dir
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test: tiny models on a shared 2-core machine stall on
+    thread synchronisation with more."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -15,12 +15,8 @@ from zhtune.train.fused import (LoraLinearFunction, dropout_mask, labelled_loss,
 from zhtune.train.lora import build_peft_model, cpu_supports_bf16, lora_settings, resolve_precision
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models on a shared 2-core machine: one thread (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _packed_batch(vocab: int) -> dict:

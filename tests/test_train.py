@@ -12,12 +12,8 @@ from zhtune.io import read_json, read_jsonl
 from zhtune.train.lora import ADAPTER_META, train_lora
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models on a shared 2-core machine: one thread (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(model_dir, *overrides):
