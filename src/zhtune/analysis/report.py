@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -23,6 +22,7 @@ from zhtune.analysis.forgetting import FORGETTING_MARGIN, GAIN_MARGIN, compare_m
 from zhtune.analysis.plots import (benchmark_name, comparison_point, plot_pareto, plot_radar,
                                    plot_subject_changes, plot_training_curves, radar_series,
                                    read_training_log, subject_rows)
+from zhtune.artifacts import utc_timestamp
 from zhtune.errors import UserError
 from zhtune.io import atomic_write_json, atomic_write_text, read_json
 
@@ -404,7 +404,7 @@ def build_report(*, base: str | Path | None = None, tuned: Sequence[str | Path] 
         blocks += [("h3", "Notes"), ("ul", notes)]
 
     step("writing report")
-    created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    created = utc_timestamp()
     footer = f"Made by zhtune {__version__} on {created}."
     paths = {
         "html": atomic_write_text(out / "report.html", render_html(blocks, out, title, footer)),

@@ -20,7 +20,6 @@ file; MMLU files have no header, so their first question is row 1. JSONL errors 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from zhtune.data.specs import BenchmarkSpec, list_specs, load_spec
+from zhtune.artifacts import sha256_file
 from zhtune.errors import UserError
 from zhtune.io import default_data_dir
 
@@ -495,14 +495,6 @@ class DataReport:
                 "checksums_verified": self.checksums_verified}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _check_checksums(root: Path, report: DataReport) -> None:
     """Verify ``SHA256SUMS`` (sha256sum format) and ``MANIFEST.json`` (zhtune data download) if present."""
     expected: dict[str, tuple[str, str]] = {}
@@ -524,7 +516,7 @@ def _check_checksums(root: Path, report: DataReport) -> None:
         path = root / name
         if not path.is_file():
             report.errors.append(f"{path}: listed in {listed_in} but missing")
-        elif _sha256(path) != digest:
+        elif sha256_file(path) != digest:
             report.errors.append(f"{path}: sha256 differs from {listed_in}")
         else:
             report.checksums_verified += 1

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from zhtune import __version__
+from zhtune.artifacts import utc_timestamp
 from zhtune.config import ExperimentConfig, config_to_dict, fingerprint, save_resolved
 from zhtune.data.instructions import InstructionRecord, build_instruction_set
 from zhtune.errors import UserError
@@ -359,7 +360,7 @@ def prepare_dataset(cfg: ExperimentConfig, out_dir: str | Path, *, data_dir: str
         },
         "data_report": iset.report.to_dict(),
         "seconds": round(time.time() - t0, 2),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created": utc_timestamp(),
         "zhtune_version": __version__,
     }
     atomic_write_json(out_dir / "data_report.json", iset.report.to_dict())

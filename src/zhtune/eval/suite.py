@@ -16,11 +16,11 @@ import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
 from zhtune import __version__
+from zhtune.artifacts import utc_timestamp
 from zhtune.config import EvalConfig, ModelConfig, fingerprint
 from zhtune.data.benchmarks import is_multiple_choice
 from zhtune.errors import UserError
@@ -357,7 +357,7 @@ def evaluate_model(model, tokenizer, family, eval_cfg: EvalConfig, data_dir=None
         "throughput": {"questions": scored, "seconds": round(scored_seconds, 3),
                        "questions_per_second": round(scored / scored_seconds, 3) if scored_seconds else None,
                        "perplexity_seconds": round(perplexity_seconds, 3)},
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created": utc_timestamp(),
         "zhtune_version": __version__,
     }
     return EvalResult(summary=summary, predictions=rows,

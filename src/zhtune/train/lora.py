@@ -26,6 +26,7 @@ import torch
 from transformers import Trainer, TrainerCallback, set_seed
 
 from zhtune import __version__
+from zhtune.artifacts import utc_timestamp
 from zhtune.config import ExperimentConfig, ModelConfig, config_to_dict, fingerprint, save_resolved
 from zhtune.errors import UserError
 from zhtune.io import atomic_write_json, atomic_write_jsonl, default_data_dir, read_json
@@ -552,7 +553,7 @@ def train_lora(cfg: ExperimentConfig, out_dir: str | Path, *, dataset_dir: str |
         "run_fingerprint": run_fp,
         "metrics": metrics,
         "config": config_to_dict(cfg),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created": utc_timestamp(),
         "zhtune_version": __version__,
     }
     _save_adapter(trainer, tokenizer, adapter_dir, meta, is_main)
@@ -661,7 +662,7 @@ def merge_adapter(adapter_dir: str | Path, output_dir: str | Path, *, base_model
     AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(tmp))
     atomic_write_json(tmp / "zhtune_merged.json", {
         "adapter": str(adapter_dir.resolve()), "base_model": spec, "family": meta.get("family"),
-        "dtype": dtype, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "dtype": dtype, "created": utc_timestamp(),
         "zhtune_version": __version__})
     if output_dir.exists():
         shutil.rmtree(output_dir)
