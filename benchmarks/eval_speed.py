@@ -128,28 +128,24 @@ def main():
     params = non_embedding_params(model)
     counter = TokenCounter(model.get_base_model().model if hasattr(model, "get_base_model") else model.model)
 
-    # Warm-up (allocator, kernels), then the two timed runs.
+    def timed(run):
+        """The run's result, seconds, and the real and padded tokens it put through the decoder."""
+        counter.reset()
+        t0 = time.perf_counter()
+        result = run()
+        return result, time.perf_counter() - t0, counter.tokens, counter.padded
+
+    # Warm-up (allocator, kernels) of each scorer, then the timed runs.
     score_choice(model, tok, questions[:2], shots=args.shots, data_dir=args.data_dir, progress=False)
-    counter.reset()
-    t0 = time.perf_counter()
-    ours = score_choice(model, tok, questions, shots=args.shots, data_dir=args.data_dir,
-                        batch_size=args.batch_size, progress=False)
-    t_ours = time.perf_counter() - t0
-    tokens_ours, padded_ours = counter.tokens, counter.padded
-    counter.reset()
-    t0 = time.perf_counter()
-    plain = (None if args.no_plain
-             else plain_scores(model, tok, questions, args.shots, args.data_dir, args.batch_size))
-    t_plain = time.perf_counter() - t0
-    tokens_plain, padded_plain = counter.tokens, counter.padded
-    counter.reset()
+    ours, t_ours, tokens_ours, padded_ours = timed(lambda: score_choice(
+        model, tok, questions, shots=args.shots, data_dir=args.data_dir, batch_size=args.batch_size,
+        progress=False))
+    plain, t_plain, tokens_plain, padded_plain = timed(lambda: None if args.no_plain else plain_scores(
+        model, tok, questions, args.shots, args.data_dir, args.batch_size))
     score_cloze(model, tok, questions[:2], shots=args.shots, data_dir=args.data_dir, progress=False)
-    counter.reset()
-    t0 = time.perf_counter()
-    cloze = score_cloze(model, tok, questions, shots=args.shots, data_dir=args.data_dir,
-                        batch_size=args.batch_size, progress=False)
-    t_cloze = time.perf_counter() - t0
-    tokens_cloze, padded_cloze = counter.tokens, counter.padded
+    cloze, t_cloze, tokens_cloze, padded_cloze = timed(lambda: score_cloze(
+        model, tok, questions, shots=args.shots, data_dir=args.data_dir, batch_size=args.batch_size,
+        progress=False))
     peak = measure_peak(device, dtype)
 
     same = sum(a.pred == b for a, b in zip(ours, plain or []))
