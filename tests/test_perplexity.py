@@ -49,6 +49,10 @@ def test_several_texts_are_scored_separately(tiny_qwen_dir):
     result = bits_per_char(model, tokenizer, texts)
     total_bits = sum(_hand_bpc(model, tokenizer, t) * len(t) for t in texts)
     assert result.bits_per_char == pytest.approx(total_bits / sum(map(len, texts)), rel=1e-5)
+    # each text's own bits, in input order, whatever batch it was scored in
+    assert [c for c, _ in result.per_text] == [len(t) for t in texts]
+    for (_, bits), t in zip(result.per_text, texts):
+        assert bits == pytest.approx(_hand_bpc(model, tokenizer, t) * len(t), rel=1e-5)
 
 
 def test_batching_and_padding_do_not_change_the_result(tiny_model_dir, shared_data):
@@ -60,6 +64,8 @@ def test_batching_and_padding_do_not_change_the_result(tiny_model_dir, shared_da
     assert one.tokens == many.tokens == shuffled.tokens
     assert many.bits_per_char == pytest.approx(one.bits_per_char, rel=1e-5)
     assert shuffled.bits_per_char == pytest.approx(one.bits_per_char, rel=1e-5)
+    assert [b for _, b in many.per_text] == pytest.approx([b for _, b in one.per_text], rel=1e-5)
+    assert [b for _, b in shuffled.per_text][::-1] == pytest.approx([b for _, b in one.per_text], rel=1e-5)
 
 
 @pytest.mark.parametrize("length", [2, 5, 16, 17, 40, 101])

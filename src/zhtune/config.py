@@ -154,6 +154,10 @@ class AnalysisConfig(_Section):
     gain_margin: float = Field(2.0, ge=0.0, le=100.0, description=(
         "Gain margin in points of accuracy: Chinese (and each Chinese benchmark) is called 'no gain beyond "
         "the margin' when the one-sided 95% upper bound of the gain is below it."))
+    headline_formulation: Literal["auto", "letter", "cloze"] = Field("auto", description=(
+        "Formulation of the pooled Chinese/English headline figures when the runs have both: letter (the "
+        "published one), cloze (for small models at chance on letters), or auto (letter where evaluated). The "
+        "other formulation is reported too, as the secondary analysis."))
     # Accepted loss of English accuracy (points) when recommending an adapter scale.
     english_tolerance: float = Field(1.0, ge=0.0)
 

@@ -154,7 +154,8 @@ def run_experiment(cfg: ExperimentConfig, *, data_dir: str | Path | None = None,
     run_stage("compare", res.compare_dir, fp_cmp,
               lambda d: compare_runs(res.baseline_dir / "base", tuned, output_dir=d,
                                      forgetting_margin=cfg.analysis.forgetting_margin,
-                                     gain_margin=cfg.analysis.gain_margin),
+                                     gain_margin=cfg.analysis.gain_margin,
+                                     headline_formulation=cfg.analysis.headline_formulation),
               res, "compare" in forced)
     run_stage("report", res.report_dir, fp_report,
               lambda d: build_report(base=res.baseline_dir / "base", tuned=[tuned],
@@ -163,7 +164,8 @@ def run_experiment(cfg: ExperimentConfig, *, data_dir: str | Path | None = None,
                                      output_dir=d, title=cfg.name,
                                      tolerance=cfg.analysis.english_tolerance,
                                      forgetting_margin=cfg.analysis.forgetting_margin,
-                                     gain_margin=cfg.analysis.gain_margin),
+                                     gain_margin=cfg.analysis.gain_margin,
+                                     headline_formulation=cfg.analysis.headline_formulation),
               res, "report" in forced)
     atomic_write_json(out / "experiment.json", {
         "name": cfg.name, "stages": {s: d for s, d in zip(

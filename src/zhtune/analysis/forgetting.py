@@ -38,7 +38,7 @@ import numpy as np
 
 from zhtune.analysis.stats import (FORGETTING, GAIN, LOSS_VERDICTS, bh_qvalues, clustered_interval,
                                    clustered_score_p, mcnemar_exact, min_detectable_change, noninferiority_p,
-                                   questions_needed, tango_interval, verdict)
+                                   paired_ratio_interval, questions_needed, tango_interval, verdict)
 from zhtune.data.benchmarks import BENCHMARKS, CHINESE_BENCHMARKS, ENGLISH_BENCHMARKS
 from zhtune.errors import UserError
 from zhtune.io import atomic_write_json, iter_jsonl
@@ -46,6 +46,7 @@ from zhtune.io import atomic_write_json, iter_jsonl
 CONFIDENCE = 0.95
 ALPHA = 0.05  # subjects and categories are flagged at BH q < ALPHA
 POWER = 0.80
+HEADLINE_FORMULATIONS = ("auto", "letter", "cloze")  # analysis.headline_formulation
 FORGETTING_MARGIN = 2.0  # points; the defaults of analysis.forgetting_margin / analysis.gain_margin
 GAIN_MARGIN = 2.0
 # Keys every prediction line must have for a paired comparison.
@@ -387,6 +388,9 @@ class Comparison:
     forgetting_margin: float = FORGETTING_MARGIN
     gain_margin: float = GAIN_MARGIN
     notes: list[str] = field(default_factory=list)
+    formulation: str = "letter"  # of the headline figures: "letter" or "cloze"
+    # The other formulation's pooled figures where the runs have both (a secondary analysis).
+    secondary: dict | None = None
 
     @property
     def label(self) -> str:
@@ -399,7 +403,7 @@ class Comparison:
 
     def headline(self) -> dict:
         """Chinese gain and English forgetting (points, interval, p, verdict), as in comparison.json."""
-        chinese_names, english_names = headline_benchmarks(self.benchmarks)
+        chinese_names, english_names = headline_benchmarks(self.benchmarks, self.formulation)
         return {"chinese_gain": _figure(self.chinese, chinese_names, self.benchmarks, forgetting=False),
                 "english_forgetting": _figure(self.english, english_names, self.benchmarks, forgetting=True)}
 
@@ -409,7 +413,9 @@ class Comparison:
             "settings": self.base.settings,
             "settings_fingerprint": self.base.summary.get("settings_fingerprint"),
             "n_questions": len(self.base.predictions),
+            "headline_formulation": self.formulation,
             **self.headline(),
+            "secondary": self.secondary,
             "significant_forgetting": self.significant_forgetting,
             "benchmarks": {k: g.to_dict() for k, g in self.benchmarks.items()},
             "categories": {b: {k: g.to_dict() for k, g in cats.items()} for b, cats in self.categories.items()},
@@ -423,14 +429,18 @@ class Comparison:
         }
 
 
-def headline_benchmarks(benchmarks: Iterable[str]) -> tuple[list[str], list[str]]:
-    """The benchmarks pooled into the Chinese and English headlines: the letter formulation's where
-    the runs have it (the published one), else the cloze formulation's (``--formulation cloze``, for
-    small models at chance on letters). GSM8K has one formulation and is English either way; the
-    two formulations of one question are never pooled together (they are not independent)."""
+def headline_benchmarks(benchmarks: Iterable[str], formulation: str = "auto") -> tuple[list[str], list[str]]:
+    """The benchmarks pooled into the Chinese and English headlines. ``formulation`` "letter" or
+    "cloze" (``analysis.headline_formulation``) picks that formulation's; "auto" the letter one where
+    the runs have it (the published one), else the cloze one (``--formulation cloze``, for small
+    models at chance on letters). GSM8K has one formulation and is English either way; the two
+    formulations of one question are never pooled together (they are not independent)."""
+    if formulation not in HEADLINE_FORMULATIONS:
+        raise UserError(f"headline formulation must be one of {', '.join(HEADLINE_FORMULATIONS)}, got {formulation!r}")
     present = list(benchmarks)
     letter = [b for b in present if not b.endswith("_cloze")]
-    use_cloze = not any(b in CHINESE_BENCHMARKS + ENGLISH_BENCHMARKS and b != "gsm8k" for b in letter)
+    has_letter = any(b in CHINESE_BENCHMARKS + ENGLISH_BENCHMARKS and b != "gsm8k" for b in letter)
+    use_cloze = formulation == "cloze" or (formulation == "auto" and not has_letter)
     chosen = [b for b in present if b.endswith("_cloze") or b == "gsm8k"] if use_cloze else letter
     chosen.sort(key=lambda b: BENCHMARKS.index(b.removesuffix("_cloze")))  # the specs' order
     chinese = [b for b in chosen if b.removesuffix("_cloze") in CHINESE_BENCHMARKS]
@@ -486,7 +496,22 @@ def _perplexity(base: EvalRun, tuned: EvalRun) -> dict[str, dict]:
             continue
         out[lang] = {"base_bits_per_char": b, "tuned_bits_per_char": t, "change": t - b,
                      "ratio": t / b if b else None, "chars": bp[lang].get("chars")}
+        out[lang].update(_bits_interval(bp[lang].get("texts"), tp[lang].get("texts")))
     return out
+
+
+def _bits_interval(base_texts: list | None, tuned_texts: list | None) -> dict:
+    """The paired 95% interval of the change in bits per character over the probe texts (each text
+    one unit), where both runs recorded per-text bits of the same texts; else nothing (older runs)."""
+    if not base_texts or not tuned_texts or [c for c, _ in base_texts] != [c for c, _ in tuned_texts]:
+        return {}
+    r = paired_ratio_interval([b for _, b in base_texts], [t for _, t in tuned_texts],
+                              [c for c, _ in base_texts])
+    if r["change"] is None:
+        return {}
+    verdict = "lower" if r["high"] < 0 else "higher" if r["low"] > 0 else "no significant change"
+    return {"change_low": r["low"], "change_high": r["high"], "p": r["p"], "texts": r["units"],
+            "verdict": verdict}
 
 
 def _check_margin(name: str, value: float) -> None:
@@ -509,7 +534,7 @@ def paired_cells(base: EvalRun, tuned: EvalRun) -> tuple[dict[tuple[str, str], C
 
 
 def compare_loaded(base: EvalRun, tuned: EvalRun, *, forgetting_margin: float = FORGETTING_MARGIN,
-                   gain_margin: float = GAIN_MARGIN) -> Comparison:
+                   gain_margin: float = GAIN_MARGIN, headline_formulation: str = "auto") -> Comparison:
     """Compare two loaded runs (see the module docstring for the statistics)."""
     _check_margin("forgetting_margin", forgetting_margin)
     _check_margin("gain_margin", gain_margin)
@@ -537,7 +562,16 @@ def compare_loaded(base: EvalRun, tuned: EvalRun, *, forgetting_margin: float = 
         members = {k: v for k, v in cells.items() if k[0] in names}
         return pooled_stats(members, kind, margin(kind)) if members else None
 
-    chinese_names, english_names = headline_benchmarks(benchmarks)
+    chinese_names, english_names = headline_benchmarks(benchmarks, headline_formulation)
+    used = "cloze" if any(b.endswith("_cloze") for b in chinese_names + english_names) else "letter"
+    other = "letter" if used == "cloze" else "cloze"
+    other_zh, other_en = headline_benchmarks(benchmarks, other)
+    secondary = None
+    if any(b.endswith("_cloze") == (other == "cloze") and b != "gsm8k" for b in other_zh + other_en):
+        secondary = {"formulation": other,
+                     "chinese_gain": _figure(pooled(other_zh, GAIN), other_zh, benchmarks, forgetting=False),
+                     "english_forgetting": _figure(pooled(other_en, FORGETTING), other_en, benchmarks,
+                                                   forgetting=True)}
 
     notes = _consistency_notes(base, benchmarks, "base") + _consistency_notes(tuned, benchmarks, "tuned")
     if base.summary.get("model") != tuned.summary.get("model"):
@@ -547,7 +581,7 @@ def compare_loaded(base: EvalRun, tuned: EvalRun, *, forgetting_margin: float = 
                       subjects=subjects, subject_categories=subject_categories,
                       chinese=pooled(chinese_names, GAIN), english=pooled(english_names, FORGETTING),
                       perplexity=_perplexity(base, tuned), forgetting_margin=forgetting_margin,
-                      gain_margin=gain_margin, notes=notes)
+                      gain_margin=gain_margin, notes=notes, formulation=used, secondary=secondary)
 
 
 def _consistency_notes(run: EvalRun, benchmarks: dict[str, GroupStats], side: str) -> list[str]:
@@ -563,7 +597,8 @@ def _consistency_notes(run: EvalRun, benchmarks: dict[str, GroupStats], side: st
 
 
 def compare_runs(base_dir: str | Path, tuned_dir: str | Path, *, forgetting_margin: float = FORGETTING_MARGIN,
-                 gain_margin: float = GAIN_MARGIN, output_dir: str | Path | None = None) -> Comparison:
+                 gain_margin: float = GAIN_MARGIN, headline_formulation: str = "auto",
+                 output_dir: str | Path | None = None) -> Comparison:
     """Compare a base evaluation with one tuned evaluation; write ``output_dir/comparison.json``.
 
     ``base_dir`` may be a multi-run folder, whose ``base`` run is used; ``tuned_dir`` must hold
@@ -573,14 +608,16 @@ def compare_runs(base_dir: str | Path, tuned_dir: str | Path, *, forgetting_marg
         raise UserError(f"{tuned_dir} holds several tuned runs ({', '.join(r.label for r in tuned)}); name one as "
                         f"{Path(tuned_dir) / tuned[0].label}, or use compare_many / several TUNED_DIRs")
     comparison = compare_loaded(load_run(base_dir, prefer="base"), tuned[0],
-                                forgetting_margin=forgetting_margin, gain_margin=gain_margin)
+                                forgetting_margin=forgetting_margin, gain_margin=gain_margin,
+                                headline_formulation=headline_formulation)
     if output_dir is not None:
         write_comparison(comparison, Path(output_dir) / "comparison.json")
     return comparison
 
 
 def compare_many(base_dir: str | Path, tuned_dirs: Sequence[str | Path], *,
-                 forgetting_margin: float = FORGETTING_MARGIN, gain_margin: float = GAIN_MARGIN) -> list[Comparison]:
+                 forgetting_margin: float = FORGETTING_MARGIN, gain_margin: float = GAIN_MARGIN,
+                 headline_formulation: str = "auto") -> list[Comparison]:
     """One comparison per tuned run against one base. A multi-run tuned folder contributes every
     run in it except one labelled ``base``; labels are made unique."""
     base = load_run(base_dir, prefer="base")
@@ -597,8 +634,8 @@ def compare_many(base_dir: str | Path, tuned_dirs: Sequence[str | Path], *,
             run.label = f"{run.label}-{seen[run.label]}"
         else:
             seen[run.label] = 1
-    return [compare_loaded(base, t, forgetting_margin=forgetting_margin, gain_margin=gain_margin)
-            for t in tuned_runs]
+    return [compare_loaded(base, t, forgetting_margin=forgetting_margin, gain_margin=gain_margin,
+                           headline_formulation=headline_formulation) for t in tuned_runs]
 
 
 def write_comparison(comparison: Comparison, path: str | Path) -> Path:

@@ -112,6 +112,8 @@ def save_figure(fig: Figure, stem: str | Path) -> list[Path]:
 
 # ----------------------------------------------------------------------------------- radar
 def benchmark_name(bench: str) -> str:
+    if bench.endswith("_cloze") and bench.removesuffix("_cloze") in BENCHMARK_NAMES:
+        return f"{BENCHMARK_NAMES[bench.removesuffix('_cloze')]} (cloze)"
     return BENCHMARK_NAMES.get(bench, bench)
 
 

@@ -35,7 +35,7 @@ def pct(x: float | None) -> str:
 
 
 def _questions(n_by_benchmark: dict[str, int]) -> str:
-    parts = [f"{n:,} {benchmark_name(b)}" for b, n in n_by_benchmark.items()]
+    parts = [f"{n:,} {benchmark_name(b.removesuffix('_cloze'))}" for b, n in n_by_benchmark.items()]
     return (" and ".join(parts) if len(parts) < 3 else ", ".join(parts[:-1]) + " and " + parts[-1]) + " questions"
 
 
@@ -111,10 +111,12 @@ def headline_sentences(cmp: dict) -> list[str]:
     """Three sentences that answer "did it learn Chinese, and what did it forget?" with numbers,
     a verdict against the margin, and the bound that backs the verdict."""
     zh, en = cmp.get("chinese_gain"), cmp.get("english_forgetting")
+    # "accuracy" or, for a cloze headline, "cloze accuracy (acc_norm)"; the questions are the same either way
+    acc = "cloze accuracy (acc_norm)" if cmp.get("headline_formulation") == "cloze" else "accuracy"
     if zh is None:
         s1 = "No Chinese benchmark (C-Eval or CMMLU) was evaluated, so the Chinese gain is unknown."
     else:
-        s1 = (f"After LoRA fine-tuning{_scale_note(cmp)}, Chinese accuracy {_by(zh['change_points'])} (95% CI "
+        s1 = (f"After LoRA fine-tuning{_scale_note(cmp)}, Chinese {acc} {_by(zh['change_points'])} (95% CI "
               f"{num(zh['ci_low'])} to {num(zh['ci_high'])}, p {format_p(zh['p_value'])}) over "
               f"{_questions(zh['n_by_benchmark'])}: {_gain_verdict(zh)}{_needed(zh)}.")
     if en is None:
@@ -129,21 +131,46 @@ def headline_sentences(cmp: dict) -> list[str]:
             verdict_text = verdict_text.replace("forgot", f"forgot ({flagged_txt})", 1)
         elif flagged:
             extra = f"; on its own, {flagged_txt}: forgot"
-        s2 = (f"English accuracy {_by(d)} (95% CI {num(-en['ci_high'])} to {num(-en['ci_low'])}, "
+        s2 = (f"English {acc} {_by(d)} (95% CI {num(-en['ci_high'])} to {num(-en['ci_low'])}, "
               f"p {format_p(en['p_value'])}) over {_questions(en['n_by_benchmark'])}: "
               f"{verdict_text}{_needed(en)}{extra}.")
     ppl = cmp.get("perplexity") or {}
     if "zh" in ppl and "en" in ppl:
         z, e = ppl["zh"], ppl["en"]
         s3 = (f"On held-out text the model's bits per character went from {z['base_bits_per_char']:.2f} to "
-              f"{z['tuned_bits_per_char']:.2f} in Chinese ({signed(100 * (z['ratio'] - 1))}%) and from "
-              f"{e['base_bits_per_char']:.2f} to {e['tuned_bits_per_char']:.2f} in English "
-              f"({signed(100 * (e['ratio'] - 1))}%; lower is better).")
+              f"{z['tuned_bits_per_char']:.2f} in Chinese ({signed(100 * (z['ratio'] - 1))}%{_bits_ci(z)}) and "
+              f"from {e['base_bits_per_char']:.2f} to {e['tuned_bits_per_char']:.2f} in English "
+              f"({signed(100 * (e['ratio'] - 1))}%{_bits_ci(e)}; lower is better).")
     else:
         s3 = _largest_changes(cmp) if subject_rows(cmp) else "Perplexity was not measured."
     if en is not None and en.get("retention") and "zh" not in ppl:
         s3 += f" English keeps {100 * en['retention']:.1f}% of its base accuracy."
-    return [s1, s2, s3]
+    return [s1, s2, s3] + _secondary_sentence(cmp)
+
+
+def _secondary_sentence(cmp: dict) -> list[str]:
+    """With both formulations: one sentence on the other (secondary) formulation's pooled figures."""
+    sec = cmp.get("secondary")
+    if not sec:
+        return []
+    parts = []
+    for key, lang in (("chinese_gain", "Chinese"), ("english_forgetting", "English")):
+        f = sec.get(key)
+        if f:
+            d = f["tuned_minus_base_points"]
+            low, high = (f["ci_low"], f["ci_high"]) if key == "chinese_gain" else (-f["ci_high"], -f["ci_low"])
+            parts.append(f"{lang} {signed(d)} points (95% CI {num(low)} to {num(high)}): {f['verdict']}")
+    what = "letter answers" if sec["formulation"] == "letter" else "cloze (acc_norm)"
+    return [f"Secondary, {what}: " + "; ".join(parts) + "."] if parts else []
+
+
+def _bits_ci(p: dict) -> str:
+    """'; 95% CI −3.1% to −2.3%, p < 0.001: lower' where the paired interval over texts exists."""
+    if p.get("change_low") is None or not p.get("base_bits_per_char"):
+        return ""
+    b = p["base_bits_per_char"]
+    return (f", 95% CI {signed(100 * p['change_low'] / b)}% to {signed(100 * p['change_high'] / b)}% over "
+            f"{p['texts']} texts, p {format_p(p['p'])}: {p['verdict']}")
 
 
 # ----------------------------------------------------------------------------------- blocks
@@ -199,19 +226,28 @@ def benchmark_table(comparisons: Sequence[dict]) -> Table:
                  + _VERDICT_NOTE)
 
 
+def _headline_figures(cmp: dict) -> list[tuple[str, dict]]:
+    """(name, figure) of the pooled Chinese and English figures; with both formulations, the headline
+    formulation's first, then the other one's (secondary), each named."""
+    sources = [(cmp, "")]
+    if cmp.get("secondary"):
+        sources = [(cmp, f", {cmp['headline_formulation']}"),
+                   (cmp["secondary"], f", {cmp['secondary']['formulation']}, secondary")]
+    return [(name, source[key]) for source, tag in sources
+            for key, name in (("chinese_gain", f"Chinese gain (C-Eval + CMMLU{tag})"),
+                              ("english_forgetting", f"English forgetting (MMLU + GSM8K{tag})")) if source.get(key)]
+
+
 def headline_table(comparisons: Sequence[dict]) -> Table:
     rows = []
     for cmp in comparisons:
-        for key, name in (("chinese_gain", "Chinese gain (C-Eval + CMMLU)"),
-                          ("english_forgetting", "English forgetting (MMLU + GSM8K)")):
-            f = cmp.get(key)
-            if f:
-                low, high = f["one_sided_bounds"]
-                needed = f.get("questions_for_margin")
-                rows.append([cmp["tuned"]["label"], name, f"{f['n']:,}", signed(f["change_points"]),
-                             f"{num(f['ci_low'])} to {num(f['ci_high'])}", f"{num(low)} to {num(high)}",
-                             format_p(f["p_value"]).replace("= ", ""), f"{f['verdict']} ({f['margin']:g})",
-                             _mdc(f), "–" if needed is None else f"{needed:,}"])
+        for name, f in _headline_figures(cmp):
+            low, high = f["one_sided_bounds"]
+            needed = f.get("questions_for_margin")
+            rows.append([cmp["tuned"]["label"], name, f"{f['n']:,}", signed(f["change_points"]),
+                         f"{num(f['ci_low'])} to {num(f['ci_high'])}", f"{num(low)} to {num(high)}",
+                         format_p(f["p_value"]).replace("= ", ""), f"{f['verdict']} ({f['margin']:g})",
+                         _mdc(f), "–" if needed is None else f"{needed:,}"])
     return Table(["Run", "Figure", "n", "Points", "95% CI", "One-sided 95% bounds", "p", "Verdict (margin)",
                   "MDC", "Questions for margin"], rows,
                  "Chinese gain = tuned − base; English forgetting = base − tuned (positive means forgotten). "
@@ -253,10 +289,19 @@ def perplexity_table(cmp: dict) -> Table | None:
     if not ppl:
         return None
     names = {"zh": "Chinese (zh)", "en": "English (en)"}
+    def ci(p: dict) -> list[str]:
+        if p.get("change_low") is None:
+            return ["–", "–", "–"]
+        return [f"{signed(p['change_low'], 3)} to {signed(p['change_high'], 3)}", format_p(p["p"]).lstrip("= "),
+                p["verdict"]]
+
     rows = [[names.get(lang, lang), f"{p['base_bits_per_char']:.3f}", f"{p['tuned_bits_per_char']:.3f}",
-             signed(p["change"], 3), "–" if p["ratio"] is None else f"{p['ratio']:.3f}"] for lang, p in ppl.items()]
-    return Table(["Held-out text", "Base bits/char", "Tuned bits/char", "Change", "Ratio tuned/base"], rows,
-                 "Bits per character on text that training never sees; lower is better.")
+             signed(p["change"], 3), "–" if p["ratio"] is None else f"{p['ratio']:.3f}", *ci(p)]
+            for lang, p in ppl.items()]
+    return Table(["Held-out text", "Base bits/char", "Tuned bits/char", "Change", "Ratio tuned/base", "95% CI",
+                  "p", "Verdict"], rows,
+                 "Bits per character on text that training never sees; lower is better. The interval is paired "
+                 "over the probe texts (each text one unit; ratio estimator, t with texts − 1 degrees of freedom).")
 
 
 # ----------------------------------------------------------------------------------- settings
@@ -304,7 +349,7 @@ def build_report(*, base: str | Path | None = None, tuned: Sequence[str | Path] 
                  train_dir: str | Path | None = None, scale_dir: str | Path | None = None,
                  tolerance: float = 1.0, title: str = "zhtune report",
                  forgetting_margin: float = FORGETTING_MARGIN, gain_margin: float = GAIN_MARGIN,
-                 top_subjects: int = 15,
+                 headline_formulation: str = "auto", top_subjects: int = 15,
                  progress: Callable[[str], None] | None = None) -> dict[str, Path]:
     """Write report.html, report.md, report.json and the chart files into ``output_dir``.
 
@@ -319,7 +364,8 @@ def build_report(*, base: str | Path | None = None, tuned: Sequence[str | Path] 
             raise UserError("report: give --base and at least one --tuned evaluation folder, or --comparison files")
         step("comparing runs")
         comparisons = [c.to_dict() for c in compare_many(base, tuned, forgetting_margin=forgetting_margin,
-                                                         gain_margin=gain_margin)]
+                                                         gain_margin=gain_margin,
+                                                         headline_formulation=headline_formulation)]
     comparisons = list(comparisons)
     if not comparisons:
         raise UserError("report: no comparisons to report")

@@ -278,3 +278,29 @@ def verdict(change: float, low: float, high: float, bound_low: float, bound_high
             return "declined"
         return "no gain beyond the margin" if within else "inconclusive"
     raise ValueError(f"kind must be {FORGETTING!r} or {GAIN!r}, got {kind!r}")
+
+
+def paired_ratio_interval(base: ArrayLike, tuned: ArrayLike, weight: ArrayLike,
+                          confidence: float = 0.95) -> dict:
+    """Change of a ratio of sums, sum(tuned - base) / sum(weight), paired by unit (bits per character:
+    the units are texts, ``base``/``tuned`` their bits and ``weight`` their characters).
+
+    The ratio estimator's linearised standard error (Cochran 1977, 6.9): residuals
+    r_i = d_i - change * w_i with d_i = tuned_i - base_i, se = sqrt(n / (n - 1) * sum r_i^2) / sum w,
+    and a t interval with n - 1 degrees of freedom; p is the two-sided t test of no change. Texts, not
+    tokens, are the units: tokens of one text do not vary independently. None with fewer than 2 units."""
+    base, tuned, weight = (np.asarray(x, dtype=float) for x in (base, tuned, weight))
+    n = len(weight)
+    if n < 2 or not (len(base) == len(tuned) == n):
+        return {"change": None, "low": None, "high": None, "p": None, "units": n}
+    d = tuned - base
+    total = weight.sum()
+    change = d.sum() / total
+    se = math.sqrt(n / (n - 1) * float(np.sum((d - change * weight) ** 2))) / total
+    crit = float(student_t.ppf(0.5 + confidence / 2, n - 1))
+    if se == 0:
+        p = 1.0 if change == 0 else 0.0
+    else:
+        p = float(2 * student_t.sf(abs(change) / se, n - 1))
+    return {"change": float(change), "low": float(change - crit * se), "high": float(change + crit * se),
+            "p": p, "units": n}

@@ -14,14 +14,14 @@ err_console = Console(stderr=True)
 
 
 
-def _margin_help(name: str) -> str:
-    """The help of --forgetting-margin / --gain-margin is the config field's description."""
+def _analysis_help(name: str) -> str:
+    """The help of an analysis option (--forgetting-margin, ...) is the config field's description."""
     from zhtune.config import AnalysisConfig
 
     return AnalysisConfig.model_fields[name].description
 
 
-def _margin_default(name: str) -> float:
+def _analysis_default(name: str) -> float:
     from zhtune.config import AnalysisConfig
 
     return AnalysisConfig.model_fields[name].default
@@ -114,10 +114,12 @@ def register(app: typer.Typer) -> None:
                                           "(single-run, multi-run with index.json, or MULTI/<label>)."),
         output_dir: Path = typer.Option(Path("comparison"), "--output-dir", "--output_dir",
                                         help="Where comparison.json goes (one subfolder per run when several)."),
-        forgetting_margin: float = typer.Option(_margin_default("forgetting_margin"), "--forgetting-margin",
-                                                min=0.0, max=100.0, help=_margin_help("forgetting_margin")),
-        gain_margin: float = typer.Option(_margin_default("gain_margin"), "--gain-margin", min=0.0, max=100.0,
-                                          help=_margin_help("gain_margin")),
+        forgetting_margin: float = typer.Option(_analysis_default("forgetting_margin"), "--forgetting-margin",
+                                                min=0.0, max=100.0, help=_analysis_help("forgetting_margin")),
+        gain_margin: float = typer.Option(_analysis_default("gain_margin"), "--gain-margin", min=0.0, max=100.0,
+                                          help=_analysis_help("gain_margin")),
+        headline_formulation: str = typer.Option(_analysis_default("headline_formulation"), "--headline-formulation",
+                                                 help=_analysis_help("headline_formulation")),
     ):
         """Paired comparison of a base evaluation with one or more tuned ones: per benchmark, category and
         subject, the change with a 95% score interval, McNemar's exact p (and Benjamini-Hochberg q for subjects
@@ -132,7 +134,7 @@ def register(app: typer.Typer) -> None:
             raise UserError("compare needs BASE_DIR and at least one TUNED_DIR")
         with console.status("comparing evaluations"):
             comparisons = compare_many(dirs[0], dirs[1:], forgetting_margin=forgetting_margin,
-                                       gain_margin=gain_margin)
+                                       gain_margin=gain_margin, headline_formulation=headline_formulation)
         dicts = [c.to_dict() for c in comparisons]
         if len(comparisons) == 1:
             written = [write_comparison(comparisons[0], output_dir / "comparison.json")]
@@ -143,7 +145,8 @@ def register(app: typer.Typer) -> None:
                  "chinese_gain": d["chinese_gain"], "english_forgetting": d["english_forgetting"],
                  "significant_forgetting": d["significant_forgetting"]} for d, p in zip(dicts, written, strict=True)])
         _write_settings(output_dir, "compare", base=dirs[0], tuned=[str(d) for d in dirs[1:]],
-                        forgetting_margin=forgetting_margin, gain_margin=gain_margin)
+                        forgetting_margin=forgetting_margin, gain_margin=gain_margin,
+                        headline_formulation=headline_formulation)
         for d in dicts:
             print_comparison(d)
         if len(dicts) > 1:
@@ -170,10 +173,12 @@ def register(app: typer.Typer) -> None:
         screenshot: Optional[Path] = typer.Option(None, "--screenshot",
                                                   help="Also open report.html in headless Chromium, check every "
                                                        "image loads and save a PNG screenshot here."),
-        forgetting_margin: float = typer.Option(_margin_default("forgetting_margin"), "--forgetting-margin",
-                                                min=0.0, max=100.0, help=_margin_help("forgetting_margin")),
-        gain_margin: float = typer.Option(_margin_default("gain_margin"), "--gain-margin", min=0.0, max=100.0,
-                                          help=_margin_help("gain_margin")),
+        forgetting_margin: float = typer.Option(_analysis_default("forgetting_margin"), "--forgetting-margin",
+                                                min=0.0, max=100.0, help=_analysis_help("forgetting_margin")),
+        gain_margin: float = typer.Option(_analysis_default("gain_margin"), "--gain-margin", min=0.0, max=100.0,
+                                          help=_analysis_help("gain_margin")),
+        headline_formulation: str = typer.Option(_analysis_default("headline_formulation"), "--headline-formulation",
+                                                 help=_analysis_help("headline_formulation")),
     ):
         """One self-contained report.html (plus report.md and report.json): three sentences with the answer,
         tables, charts, settings and how the statistics were computed."""
@@ -187,11 +192,11 @@ def register(app: typer.Typer) -> None:
             paths = build_report(base=base, tuned=tuned or [], comparisons=comparisons, output_dir=output_dir,
                                  train_dir=train_dir, scale_dir=scale_dir, tolerance=tolerance, title=title,
                                  forgetting_margin=forgetting_margin, gain_margin=gain_margin,
-                                 progress=lambda msg: status.update(f"building report: {msg}"))
+                                 headline_formulation=headline_formulation, progress=lambda msg: status.update(f"building report: {msg}"))
         _write_settings(output_dir, "report", base=base, tuned=[str(t) for t in tuned or []],
                         comparison=[str(c) for c in comparison or []], train_dir=train_dir, scale_dir=scale_dir,
                         tolerance=tolerance, title=title, forgetting_margin=forgetting_margin,
-                        gain_margin=gain_margin)
+                        gain_margin=gain_margin, headline_formulation=headline_formulation)
         from zhtune.io import read_json
 
         for sentence in read_json(paths["json"])["headline"]:
@@ -215,10 +220,10 @@ def register(app: typer.Typer) -> None:
         adapter: Optional[str] = typer.Option(None, "--adapter", help="Which adapter, when the folder holds several."),
         output_dir: Path = typer.Option(Path("tradeoff"), "--output-dir", "--output_dir",
                                         help="Where tradeoff.json and the chart go."),
-        forgetting_margin: float = typer.Option(_margin_default("forgetting_margin"), "--forgetting-margin",
-                                                min=0.0, max=100.0, help=_margin_help("forgetting_margin")),
-        gain_margin: float = typer.Option(_margin_default("gain_margin"), "--gain-margin", min=0.0, max=100.0,
-                                          help=_margin_help("gain_margin")),
+        forgetting_margin: float = typer.Option(_analysis_default("forgetting_margin"), "--forgetting-margin",
+                                                min=0.0, max=100.0, help=_analysis_help("forgetting_margin")),
+        gain_margin: float = typer.Option(_analysis_default("gain_margin"), "--gain-margin", min=0.0, max=100.0,
+                                          help=_analysis_help("gain_margin")),
     ):
         """Chinese gain and English forgetting at every adapter scale, and the scale that gains the most
         Chinese while keeping English forgetting within --tolerance points."""

@@ -39,6 +39,9 @@ class PerplexityResult:
     bits_per_char: float
     chars: int
     tokens: int  # text tokens scored (the conditioning token not counted)
+    # Per text, in input order: its characters and its negative log-likelihood in bits. A paired
+    # interval on a change of bits per character treats each text as one observation.
+    per_text: list[tuple[int, float]] | None = None
 
 
 # ----------------------------------------------------------------------------- probe texts
@@ -140,11 +143,12 @@ def bits_per_char(model: Any, tokenizer: Any, texts: list[str], *, max_length: i
     if chars == 0:
         raise ValueError("no text to score")
     start = conditioning_token(tokenizer)
-    pieces = []
-    for text in texts:
+    pieces = []  # (window ids, tokens to score, text index)
+    for index, text in enumerate(texts):
         ids = [start] + tokenizer(text, add_special_tokens=False)["input_ids"]
-        pieces.extend(_windows(ids, max_length))
+        pieces.extend((seq, n, index) for seq, n in _windows(ids, max_length))
     pieces.sort(key=lambda p: -len(p[0]))  # similar lengths together: little padding
+    text_nats = [0.0] * len(texts)
 
     was_training = model.training
     model.eval()
@@ -161,7 +165,7 @@ def bits_per_char(model: Any, tokenizer: Any, texts: list[str], *, max_length: i
             ids = torch.zeros((len(batch), width), dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
             scored = torch.zeros((len(batch), width), dtype=torch.bool)
-            for row, (seq, n_scored) in enumerate(batch):  # right padding
+            for row, (seq, n_scored, _) in enumerate(batch):  # right padding
                 ids[row, :len(seq)] = torch.tensor(seq)
                 mask[row, :len(seq)] = 1
                 scored[row, len(seq) - n_scored:len(seq)] = True
@@ -171,9 +175,15 @@ def bits_per_char(model: Any, tokenizer: Any, texts: list[str], *, max_length: i
             target_mask = scored[:, 1:]
             pred = logits[:, :-1][target_mask].float()
             target = ids[:, 1:][target_mask]
-            total_nats += torch.nn.functional.cross_entropy(pred, target, reduction="sum").item()
+            nats = torch.nn.functional.cross_entropy(pred, target, reduction="none")
+            rows = target_mask.nonzero()[:, 0]  # the batch row of every scored token
+            per_row = torch.zeros(len(batch), dtype=torch.float64).index_add_(0, rows.cpu(), nats.double().cpu())
+            for row, (_, _, index) in enumerate(batch):
+                text_nats[index] += per_row[row].item()
+            total_nats += float(per_row.sum())
             total_tokens += int(target_mask.sum())
     finally:
         model.train(was_training)
     return PerplexityResult(bits_per_char=total_nats / math.log(2) / chars, chars=chars,
-                            tokens=total_tokens)
+                            tokens=total_tokens,
+                            per_text=[(len(t), n / math.log(2)) for t, n in zip(texts, text_nats)])

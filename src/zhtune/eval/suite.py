@@ -245,7 +245,8 @@ def _perplexity(model, tokenizer, eval_cfg: EvalConfig, data_dir) -> dict:
     for lang in ("zh", "en"):
         texts = probe_texts(lang, data_dir, eval_cfg.perplexity_chars)
         r = bits_per_char(model, tokenizer, texts, batch_size=eval_cfg.batch_size)
-        out[lang] = {"bits_per_char": r.bits_per_char, "chars": r.chars, "tokens": r.tokens}
+        out[lang] = {"bits_per_char": r.bits_per_char, "chars": r.chars, "tokens": r.tokens,
+                     "texts": [[c, round(bits, 4)] for c, bits in r.per_text]}
     return out
 
 
