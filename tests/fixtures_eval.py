@@ -13,7 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from zhtune.config import fingerprint
+from zhtune.artifacts import fingerprint
 from zhtune.io import atomic_write_json, atomic_write_jsonl
 
 SETTINGS = {"benchmarks": ["ceval", "cmmlu", "mmlu", "gsm8k"],

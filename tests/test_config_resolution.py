@@ -40,3 +40,24 @@ def test_eval_accepts_a_shipped_config_name(tiny_qwen_dir, shared_data, tmp_path
     summary = read_json(out / "base" / "summary.json")
     assert summary["benchmarks"]["mmlu"]["n"] == 1
     assert summary["model"] == str(tiny_qwen_dir)  # the flag over the shipped config's model
+
+
+def test_flag_defaults_come_from_the_schema():
+    """A default is stated once, in the config schema: flag help reads it from there, and no command
+    restates a number by hand (a changed schema default would leave the help wrong)."""
+    import re
+    from pathlib import Path
+
+    from zhtune.config import EvalConfig, SweepConfig, flag_help
+
+    assert flag_help("eval.shots", "Few-shot examples").endswith(f"(default {EvalConfig().shots}).")
+    assert flag_help("sweep.slurm.time_min", "x").endswith(f"(default {SweepConfig().slurm.time_min}).")
+    assert flag_help("eval.adapter_scales", "x").endswith("(default 1).")
+    assert flag_help("lora.rank", "LoRA rank r (default: the family's).") == "LoRA rank r (default: the family's)."
+    assert flag_help("train.precision").startswith("Autocast dtype")  # the Field description is the help
+    commands = Path(__file__).resolve().parents[1] / "src" / "zhtune" / "commands"
+    for path in commands.glob("*.py"):
+        hand_written = re.findall(r"\(default:? \d[^)]*\)|letter \(default\)|\(default;", path.read_text(encoding="utf-8"))
+        assert not hand_written, (path.name, hand_written)
+    help_text = CliRunner().invoke(app, ["eval", "--help"], env={"COLUMNS": "300"}).output
+    assert f"(default {EvalConfig().batch_size})" in help_text

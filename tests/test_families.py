@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from zhtune.config import ConfigError, apply_overrides, fingerprint, load_config, save_resolved
+from zhtune.artifacts import fingerprint
+from zhtune.config import ConfigError, apply_overrides, load_config, save_resolved
 from zhtune.errors import UserError
 from zhtune.models.families import (CHATML_TEMPLATE, FAMILIES, detect_family, extract_answer,
                                     format_chat, format_prompt, get_family, stop_strings, turn_end)

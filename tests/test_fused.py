@@ -12,7 +12,8 @@ from zhtune.errors import UserError
 from zhtune.train.collator import PackedCollator
 from zhtune.train.fused import (LoraLinearFunction, dropout_mask, labelled_loss,
                                 linear_cross_entropy, shifted_targets, supports_labelled_loss)
-from zhtune.train.lora import build_peft_model, cpu_supports_bf16, lora_settings, resolve_precision
+from zhtune.train.lora import build_peft_model, lora_settings
+from zhtune.train.trainer import cpu_supports_bf16, resolve_precision
 
 
 # Tiny models on a shared 2-core machine: one thread (tests/conftest.py).

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from zhtune.io import read_json, read_jsonl
-from zhtune.train.lora import checkpoint_is_complete, latest_checkpoint
+from zhtune.train.checkpoints import checkpoint_is_complete, latest_checkpoint
 
 STEPS = 60
 
@@ -122,11 +122,12 @@ def test_sigkill_then_rerun_equals_uninterrupted(tiny_qwen_dir, prepared, tmp_pa
 def test_one_writer_per_output_folder(tiny_qwen_dir, prepared, tmp_path):
     from zhtune.config import load_config
     from zhtune.errors import UserError
-    from zhtune.train.lora import _lock_output, train_lora
+    from zhtune.train.checkpoints import lock_output
+    from zhtune.train.lora import train_lora
 
-    held = _lock_output(tmp_path)  # as if another `zhtune train` were running here
+    held = lock_output(tmp_path)  # as if another `zhtune train` were running here
     cfg = load_config(None, [f"model.name_or_path={tiny_qwen_dir}", "train.max_steps=1"])
     with pytest.raises(UserError, match="another `zhtune train` process"):
         train_lora(cfg, tmp_path, dataset_dir=prepared)
     held.close()  # released (as when that process exits or is killed)
-    assert _lock_output(tmp_path) is not None
+    assert lock_output(tmp_path) is not None

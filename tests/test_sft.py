@@ -6,11 +6,11 @@ import torch
 
 from zhtune.config import load_config
 from zhtune.data.instructions import load_instructions
-from zhtune.data.sft import (IGNORE_INDEX, ChatFormatter, build_rows, check_compatible,
-                             fit_to_length, load_prepared, load_tokenizer_and_family, pack_lengths,
-                             prepare_dataset, tokenizer_fingerprint)
+from zhtune.data.sft import (IGNORE_INDEX, ChatFormatter, build_rows, check_compatible, fit_to_length,
+                             load_prepared, pack_lengths, prepare_dataset, tokenizer_fingerprint)
 from zhtune.errors import UserError
 from zhtune.models.families import format_chat
+from zhtune.models.loading import load_tokenizer_and_family
 from zhtune.train.collator import PackedCollator
 
 

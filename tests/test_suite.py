@@ -6,15 +6,10 @@ import math
 import pytest
 import torch
 
+from zhtune.artifacts import resolve_adapter_dir
 from zhtune.config import EvalConfig, ModelConfig
 from zhtune.errors import UserError
-from zhtune.eval.adapters import (
-    adapter_names,
-    attach_adapters,
-    resolve_adapter_dir,
-    scale_label,
-    use_adapter,
-)
+from zhtune.eval.adapters import adapter_names, attach_adapters, scale_label, use_adapter
 from zhtune.eval.suite import evaluate_model, load_questions, run_eval, write_eval_output
 from zhtune.io import read_json, read_jsonl
 from zhtune.models.loading import load_model
@@ -149,7 +144,7 @@ def test_lm_eval_style_groups_anatomy_in_stem(shared_data):
 
 
 def test_fingerprint_follows_settings_and_questions(shared_data):
-    from zhtune.config import fingerprint
+    from zhtune.artifacts import fingerprint
     from zhtune.eval.suite import eval_settings
 
     def fp(cfg):

@@ -17,7 +17,7 @@ import pytest
 from zhtune.config import load_config, shipped_config
 from zhtune.errors import UserError
 from zhtune.sweep import run_sweep
-from zhtune.train.lora import checkpoint_is_complete
+from zhtune.train.checkpoints import checkpoint_is_complete
 
 # Columns that must agree between launchers (train_seconds is a wall time and may not).
 SAME = ("run", "lora.rank", "lora.dropout", "status", "chinese_gain", "chinese_gain_ci", "english_forgetting",

@@ -178,7 +178,7 @@ def test_progress_bar_shows_step_loss_speed_and_eta_only_on_a_terminal():
     from rich.console import Console
     from transformers import TrainerState
 
-    from zhtune.train.lora import RichProgressCallback
+    from zhtune.train.trainer import RichProgressCallback
 
     def run(terminal: bool, main: bool = True) -> str:
         out = io.StringIO()

@@ -1,20 +1,35 @@
-"""Facts recorded with every artifact zhtune writes: when it was made and what bytes it holds.
+"""What zhtune writes beside its outputs, in one place: when a thing was made, what bytes it holds,
+which stage finished with which settings (the skip rule), the settings a command resolved, the
+index of a multi-run evaluation folder, and the adapter metadata file's name.
 
-One place for the timestamp format and the checksum, so that every record (model cache, prepared
-data, adapter, evaluation summary, report) can be compared with every other.
+Every record (model cache, prepared data, adapter, evaluation summary, report) uses the same
+timestamp format and checksum, so each can be compared with every other.
 """
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
 import time
 from pathlib import Path
+from typing import Any
+
+from zhtune.io import atomic_write_json, read_json
 
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+ADAPTER_META = "zhtune_adapter.json"  # beside every adapter: what it was trained from, and how
 
 
 def utc_timestamp() -> str:
     """Now, in UTC, to the second: ``2026-11-30T08:00:00Z``."""
     return time.strftime(TIMESTAMP_FORMAT, time.gmtime())
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short stable hash of plain data (configs, file lists): the settings a stage's markers and
+    an evaluation's summary record, to decide whether work is redone or runs are comparable."""
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -32,3 +47,109 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- stage markers
+# The one rule for skipping work (docs/ARCHITECTURE.md, "What is skipped"): a folder whose finished
+# marker holds the fingerprint of the settings about to be used is up to date. A folder started with
+# other settings is wiped before the stage runs; one started with the same settings is kept, so that
+# resumable work (training checkpoints) continues.
+STAGE_STARTED = "stage-started.json"
+STAGE_FINISHED = "stage-finished.json"
+
+
+def stage_is_current(stage_dir: Path, fp: str) -> bool:
+    """True if ``stage_dir`` holds a finished marker with fingerprint ``fp`` (the stage is skipped)."""
+    finished = Path(stage_dir) / STAGE_FINISHED
+    return finished.exists() and read_json(finished).get("fingerprint") == fp
+
+
+def begin_stage(stage_dir: Path, name: str, fp: str, *, force: bool = False) -> None:
+    """Make ``stage_dir`` ready for a stage run with fingerprint ``fp`` and mark it started."""
+    started = stage_dir / STAGE_STARTED
+    if stage_dir.exists() and (force or not started.exists() or read_json(started).get("fingerprint") != fp):
+        shutil.rmtree(stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    (stage_dir / STAGE_FINISHED).unlink(missing_ok=True)
+    atomic_write_json(started, {"stage": name, "fingerprint": fp})
+
+
+def finish_stage(stage_dir: Path, name: str, fp: str, seconds: float) -> None:
+    from zhtune import __version__
+
+    atomic_write_json(stage_dir / STAGE_FINISHED, {"stage": name, "fingerprint": fp, "seconds": seconds,
+                                                   "zhtune_version": __version__})
+
+
+# ----------------------------------------------------------------------------- resolved settings
+def write_resolved_settings(out: str | Path, command: str, **settings) -> Path:
+    """A command's resolved settings next to its outputs: ``OUT/<command>.resolved.json`` (commands
+    driven by an experiment config write ``config.resolved.yaml`` instead: zhtune.config.save_resolved)."""
+    from zhtune import __version__
+
+    return atomic_write_json(Path(out) / f"{command}.resolved.json", {
+        "command": command, **{k: (str(v) if isinstance(v, Path) else v) for k, v in settings.items()},
+        "zhtune_version": __version__})
+
+
+# ----------------------------------------------------------------------------- evaluation index
+# A multi-run evaluation folder's index.json: {"model": ..., "runs": [{"label", "dir", "adapter",
+# "adapter_scale", "settings_fingerprint"}, ...], "labels": [the runs' labels, in order]}.
+EVAL_INDEX = "index.json"
+
+
+def write_eval_index(folder: str | Path, model: str, runs: list[dict]) -> Path:
+    return atomic_write_json(Path(folder) / EVAL_INDEX, {"model": model, "runs": runs,
+                                                         "labels": [r["label"] for r in runs]})
+
+
+def read_eval_index(folder: str | Path) -> list[dict]:
+    """The runs an index.json lists, each with ``label`` and ``dir`` (default: the label). Also reads
+    the older forms ``{"runs": ["base", ...]}`` and ``{"labels": [...]}``."""
+    from zhtune.errors import UserError
+
+    path = Path(folder) / EVAL_INDEX
+    try:
+        index = read_json(path)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: cannot read ({err})") from None
+    entries = index.get("runs", index.get("labels")) if isinstance(index, dict) else index
+    if not isinstance(entries, list) or not entries:
+        raise UserError(f"{path}: expected a non-empty 'runs' list")
+    runs = []
+    for i, entry in enumerate(entries):
+        if isinstance(entry, str):
+            entry = {"label": entry}
+        if not isinstance(entry, dict) or "label" not in entry:
+            raise UserError(f"{path}: run #{i + 1} has no label: {entry!r}")
+        dir_ = entry.get("dir") or entry.get("folder") or entry.get("path") or entry["label"]
+        runs.append({**entry, "label": str(entry["label"]), "dir": str(dir_)})
+    return runs
+
+
+# ----------------------------------------------------------------------------- adapters
+def resolve_adapter_dir(path: str | Path) -> Path:
+    """The adapter folder for a training output folder ``OUT`` or the adapter folder ``OUT/adapter``."""
+    from zhtune.errors import UserError
+
+    p = Path(path).expanduser()
+    for candidate in (p, p / "adapter"):
+        if (candidate / "adapter_config.json").is_file():
+            if not (candidate / "adapter_model.safetensors").is_file():
+                raise UserError(f"{candidate}: no adapter_model.safetensors (only safetensors "
+                                f"adapter weights are loaded)")
+            return candidate
+    if not p.exists():
+        raise UserError(f"{path}: no such adapter folder")
+    raise UserError(f"{path}: no adapter_config.json here or in {p / 'adapter'} "
+                    f"(expected a LoRA adapter folder or a `zhtune train` output folder)")
+
+
+def read_adapter_meta(path: str | Path) -> dict:
+    """What zhtune recorded about an adapter (``zhtune_adapter.json``) in an adapter folder or a
+    training output folder; {} for an adapter zhtune did not train (or none there yet)."""
+    p = Path(path).expanduser()
+    for candidate in (p, p / "adapter"):
+        if (candidate / ADAPTER_META).is_file():
+            return read_json(candidate / ADAPTER_META)
+    return {}

@@ -5,7 +5,6 @@ error that names the key and the file instead of a silently ignored setting.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -274,12 +273,6 @@ def config_to_dict(cfg: BaseModel) -> dict:
     return cfg.model_dump(mode="json")
 
 
-def fingerprint(*parts: Any) -> str:
-    """A short stable hash of plain data (configs, file lists) used to decide whether to redo work."""
-    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
-
-
 def save_resolved(cfg: BaseModel, out_dir: str | Path, name: str = "config.resolved.yaml") -> Path:
     """Write the fully resolved config next to a command's outputs."""
     path = Path(out_dir) / name
@@ -329,3 +322,28 @@ def _override_text(value: Any) -> str:
     if isinstance(value, (list, tuple, dict, bool)) or value is None:
         return json.dumps(value if not isinstance(value, tuple) else list(value), ensure_ascii=False)
     return str(value)
+
+
+def flag_help(key: str, text: str | None = None) -> str:
+    """The help of the command-line flag for config field ``key`` (dotted, e.g. "eval.shots"): the
+    field's description (else ``text``) and the schema's default, so that a default is stated once, in
+    the schema. A field whose default is None gets no default here: ``text`` says what None means."""
+    model: type[BaseModel] = ExperimentConfig
+    *sections, name = key.split(".")
+    for section in sections:
+        model = model.model_fields[section].annotation  # nested sections are plain _Section classes
+    field = model.model_fields[name]
+    description = field.description or text
+    if description is None:
+        raise ValueError(f"{key}: no description in the schema and no help text given")
+    default = field.get_default(call_default_factory=True)
+    if default is None:
+        return description
+    def show(v: Any) -> str:
+        if isinstance(v, bool):
+            return "on" if v else "off"
+        if isinstance(v, list):
+            return ",".join(show(x) for x in v) if v else "none"
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    return f"{description} (default {show(default)})."

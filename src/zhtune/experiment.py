@@ -11,21 +11,19 @@ it is cached under ZHTUNE_HOME/baselines and shared by every run and sweep that 
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from zhtune import __version__
-from zhtune.config import ExperimentConfig, config_to_dict, fingerprint, save_resolved
-from zhtune.io import atomic_write_json, default_data_dir, read_json, zhtune_home
+from zhtune.artifacts import begin_stage, finish_stage, fingerprint, read_eval_index, stage_is_current
+from zhtune.config import ExperimentConfig, config_to_dict, save_resolved
+from zhtune.io import atomic_write_json, default_data_dir, zhtune_home
 
 log = logging.getLogger(__name__)
 
 STAGES = ("baseline", "prepare", "train", "evaluate", "compare", "report")
-_STARTED = "stage-started.json"
-_FINISHED = "stage-finished.json"
 
 
 @dataclass
@@ -40,37 +38,22 @@ class ExperimentResult:
     skipped: list[str] = field(default_factory=list)  # stages whose outputs were up to date
 
 
-def run_stage(name: str, stage_dir: Path, fp: str, work: Callable[[Path], None],
-              result: ExperimentResult, force: bool = False) -> None:
-    """Run ``work(stage_dir)`` unless a finished marker with fingerprint ``fp`` is there.
+    def record(self, name: str, ran: bool) -> None:
+        (self.ran if ran else self.skipped).append(name)
 
-    A folder started with other settings is wiped first; one started with the same settings is
-    handed to ``work`` as it is, so that resumable work (training checkpoints) continues.
-    """
-    started = stage_dir / _STARTED
+
+def run_stage(name: str, stage_dir: Path, fp: str, work: Callable[[Path], None], force: bool = False) -> bool:
+    """Run ``work(stage_dir)`` unless the stage is up to date (the skip rule: zhtune.artifacts).
+    True if it ran."""
     if not force and stage_is_current(stage_dir, fp):
         log.info("stage %-8s up to date (%s)", name, stage_dir)
-        result.skipped.append(name)
-        return
-    if stage_dir.exists() and (force or not started.exists()
-                               or read_json(started).get("fingerprint") != fp):
-        shutil.rmtree(stage_dir)
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    finished = stage_dir / _FINISHED
-    finished.unlink(missing_ok=True)
-    atomic_write_json(started, {"stage": name, "fingerprint": fp})
+        return False
+    begin_stage(stage_dir, name, fp, force=force)
     log.info("stage %-8s running -> %s", name, stage_dir)
     t0 = time.time()
     work(stage_dir)
-    atomic_write_json(finished, {"stage": name, "fingerprint": fp, "seconds": time.time() - t0,
-                                 "zhtune_version": __version__})
-    result.ran.append(name)
-
-
-def stage_is_current(stage_dir: Path, fp: str) -> bool:
-    """True if ``stage_dir`` holds a finished marker with fingerprint ``fp`` (the stage is skipped)."""
-    finished = stage_dir / _FINISHED
-    return finished.exists() and read_json(finished).get("fingerprint") == fp
+    finish_stage(stage_dir, name, fp, time.time() - t0)
+    return True
 
 
 def stage_fingerprints(cfg: ExperimentConfig, data_dir: Path | None) -> dict[str, str]:
@@ -98,15 +81,13 @@ def baseline_dir(cfg: ExperimentConfig, data_dir: Path | None) -> Path:
     return root / baseline_fingerprint(cfg, data_dir)
 
 
-def evaluate_baseline(cfg: ExperimentConfig, data_dir: Path | None, result: ExperimentResult,
-                      force: bool = False) -> None:
+def evaluate_baseline(cfg: ExperimentConfig, data_dir: Path | None, force: bool = False) -> bool:
     """The baseline stage: the base model evaluated into the shared cache (also run alone, once,
-    by a sweep before its grid points start)."""
+    by a sweep before its grid points start). True if it ran."""
     from zhtune.eval.suite import run_eval
 
-    run_stage("baseline", baseline_dir(cfg, data_dir), baseline_fingerprint(cfg, data_dir),
-              lambda d: run_eval(cfg.model, cfg.eval, d, data_dir=data_dir, include_base=True),
-              result, force)
+    return run_stage("baseline", baseline_dir(cfg, data_dir), baseline_fingerprint(cfg, data_dir),
+                     lambda d: run_eval(cfg.model, cfg.eval, d, data_dir=data_dir, include_base=True), force)
 
 
 def run_experiment(cfg: ExperimentConfig, *, data_dir: str | Path | None = None,
@@ -139,34 +120,30 @@ def run_experiment(cfg: ExperimentConfig, *, data_dir: str | Path | None = None,
     fp_cmp, fp_report = fps["compare"], fps["report"]
     prepared = out / "data"
 
-    evaluate_baseline(cfg, data_dir, res, "baseline" in forced)
-    run_stage("prepare", prepared, fp_prep,
-              lambda d: prepare_dataset(cfg, d, data_dir=data_dir), res, "prepare" in forced)
-    run_stage("train", res.train_dir, fp_train,
-              lambda d: train_lora(cfg, d, dataset_dir=prepared, data_dir=data_dir, resume=True),
-              res, "train" in forced)
-    run_stage("evaluate", res.eval_dir, fp_eval,
-              lambda d: run_eval(cfg.model, cfg.eval, d, data_dir=data_dir, include_base=False,
-                                 adapters=[str(res.train_dir / "adapter")],
-                                 adapter_labels=[cfg.name], scales=cfg.eval.adapter_scales),
-              res, "evaluate" in forced)
+    def stage(name: str, stage_dir: Path, fp: str, work: Callable[[Path], object]) -> None:
+        res.record(name, run_stage(name, stage_dir, fp, work, name in forced))
+
+    res.record("baseline", evaluate_baseline(cfg, data_dir, "baseline" in forced))
+    stage("prepare", prepared, fp_prep, lambda d: prepare_dataset(cfg, d, data_dir=data_dir))
+    stage("train", res.train_dir, fp_train,
+          lambda d: train_lora(cfg, d, dataset_dir=prepared, data_dir=data_dir, resume=True))
+    stage("evaluate", res.eval_dir, fp_eval,
+          lambda d: run_eval(cfg.model, cfg.eval, d, data_dir=data_dir, include_base=False,
+                             adapters=[str(res.train_dir / "adapter")],
+                             adapter_labels=[cfg.name], scales=cfg.eval.adapter_scales))
     tuned = tuned_eval_dir(res.eval_dir)
-    run_stage("compare", res.compare_dir, fp_cmp,
-              lambda d: compare_runs(res.baseline_dir / "base", tuned, output_dir=d,
-                                     forgetting_margin=cfg.analysis.forgetting_margin,
-                                     gain_margin=cfg.analysis.gain_margin,
-                                     headline_formulation=cfg.analysis.headline_formulation),
-              res, "compare" in forced)
-    run_stage("report", res.report_dir, fp_report,
-              lambda d: build_report(base=res.baseline_dir / "base", tuned=[tuned],
-                                     train_dir=res.train_dir,
-                                     scale_dir=res.eval_dir if len(cfg.eval.adapter_scales) > 1 else None,
-                                     output_dir=d, title=cfg.name,
-                                     tolerance=cfg.analysis.english_tolerance,
-                                     forgetting_margin=cfg.analysis.forgetting_margin,
-                                     gain_margin=cfg.analysis.gain_margin,
-                                     headline_formulation=cfg.analysis.headline_formulation),
-              res, "report" in forced)
+    stage("compare", res.compare_dir, fp_cmp,
+          lambda d: compare_runs(res.baseline_dir / "base", tuned, output_dir=d,
+                                 forgetting_margin=cfg.analysis.forgetting_margin,
+                                 gain_margin=cfg.analysis.gain_margin,
+                                 headline_formulation=cfg.analysis.headline_formulation))
+    stage("report", res.report_dir, fp_report,
+          lambda d: build_report(base=res.baseline_dir / "base", tuned=[tuned], train_dir=res.train_dir,
+                                 scale_dir=res.eval_dir if len(cfg.eval.adapter_scales) > 1 else None,
+                                 output_dir=d, title=cfg.name, tolerance=cfg.analysis.english_tolerance,
+                                 forgetting_margin=cfg.analysis.forgetting_margin,
+                                 gain_margin=cfg.analysis.gain_margin,
+                                 headline_formulation=cfg.analysis.headline_formulation))
     atomic_write_json(out / "experiment.json", {
         "name": cfg.name, "stages": {s: d for s, d in zip(
             STAGES, map(str, (res.baseline_dir, prepared, res.train_dir, res.eval_dir,
@@ -177,8 +154,7 @@ def run_experiment(cfg: ExperimentConfig, *, data_dir: str | Path | None = None,
 
 def tuned_eval_dir(eval_dir: Path) -> Path:
     """The adapter's evaluation at scale 1.0 (or the only one) inside a multi-run eval folder."""
-    index = read_json(eval_dir / "index.json")
-    labels = [r["label"] if isinstance(r, dict) else r for r in index.get("runs", index.get("labels", []))]
+    labels = [r["label"] for r in read_eval_index(eval_dir)]
     full = [lab for lab in labels if "@scale-" not in lab] or [
         lab for lab in labels if lab.endswith("@scale-1") or lab.endswith("@scale-1.0")] or labels
     return eval_dir / full[0]

@@ -39,6 +39,7 @@ import numpy as np
 from zhtune.analysis.stats import (FORGETTING, GAIN, LOSS_VERDICTS, bh_qvalues, clustered_interval,
                                    clustered_score_p, mcnemar_exact, min_detectable_change, noninferiority_p,
                                    paired_ratio_interval, questions_needed, tango_interval, verdict)
+from zhtune.artifacts import read_eval_index
 from zhtune.data.benchmarks import BENCHMARKS, CHINESE_BENCHMARKS, ENGLISH_BENCHMARKS
 from zhtune.errors import UserError
 from zhtune.io import atomic_write_json, iter_jsonl
@@ -119,26 +120,8 @@ def _read_predictions(path: Path) -> dict[str, dict]:
 
 
 def index_entries(folder: Path) -> list[tuple[str, Path]]:
-    """(label, run folder) pairs listed by a multi-run folder's index.json.
-
-    Accepts ``{"runs": [{"label": .., "dir": ..}, ..]}``, ``{"runs": ["base", ..]}`` or
-    ``{"labels": [..]}``; a run's folder defaults to its label.
-    """
-    index = _read_json_file(folder / "index.json")
-    entries = index.get("runs", index.get("labels")) if isinstance(index, dict) else index
-    if not isinstance(entries, list) or not entries:
-        raise UserError(f"{folder / 'index.json'}: expected a non-empty 'runs' list")
-    out = []
-    for i, entry in enumerate(entries):
-        if isinstance(entry, str):
-            label, sub = entry, entry
-        elif isinstance(entry, dict) and "label" in entry:
-            label = entry["label"]
-            sub = entry.get("dir") or entry.get("folder") or entry.get("path") or label
-        else:
-            raise UserError(f"{folder / 'index.json'}: run #{i + 1} has no label: {entry!r}")
-        out.append((str(label), folder / sub))
-    return out
+    """(label, run folder) pairs listed by a multi-run folder's index.json (zhtune.artifacts)."""
+    return [(r["label"], folder / r["dir"]) for r in read_eval_index(folder)]
 
 
 def _load_single(path: Path, label: str) -> EvalRun:

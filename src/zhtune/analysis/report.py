@@ -22,7 +22,7 @@ from zhtune.analysis.forgetting import FORGETTING_MARGIN, GAIN_MARGIN, compare_m
 from zhtune.analysis.plots import (benchmark_name, comparison_point, plot_pareto, plot_radar,
                                    plot_subject_changes, plot_training_curves, radar_series,
                                    read_training_log, subject_rows)
-from zhtune.artifacts import utc_timestamp
+from zhtune.artifacts import read_adapter_meta, utc_timestamp
 from zhtune.errors import UserError
 from zhtune.io import atomic_write_json, atomic_write_text, read_json
 
@@ -311,9 +311,7 @@ def _adapter_info(cmp: dict, train_dir: Path | None) -> dict:
     if cmp["tuned"].get("adapter"):
         candidates.append(Path(cmp["tuned"]["adapter"]))
     for folder in candidates:
-        info = {}
-        if (folder / "zhtune_adapter.json").is_file():
-            info.update(read_json(folder / "zhtune_adapter.json"))
+        info = dict(read_adapter_meta(folder))
         if (folder / "adapter_config.json").is_file():
             cfg = read_json(folder / "adapter_config.json")
             info.setdefault("peft", {k: cfg.get(k) for k in ("r", "lora_alpha", "lora_dropout", "target_modules",
@@ -342,6 +340,75 @@ def _training_summary(train_dir: Path) -> str:
     first, last = losses[0], losses[-1]
     return (f"Training loss went from {first['loss']:.3f} at step {first['step']} to {last['loss']:.3f} at step "
             f"{last['step']}.")
+
+
+def _result_blocks(comparisons: Sequence[dict]) -> list:
+    """Headline figures, benchmarks, categories, largest subject changes and perplexity."""
+    main = comparisons[0]
+    blocks: list = [("h2", "Results"), ("h3", "Headline figures"), headline_table(comparisons),
+               ("h3", "Benchmarks"), benchmark_table(comparisons)]
+    if len(comparisons) > 1:
+        blocks.append(("p", f"Categories, subjects and perplexity below are for the first tuned run, "
+                            f"{main['tuned']['label']}."))
+    subjects = subject_table(main)
+    blocks += [("h3", "Categories"), category_table(main), ("h3", "Largest subject changes"),
+               subjects if subjects is not None else ("p", "No subject's accuracy changed.")]
+    ppl = perplexity_table(main)
+    if ppl:
+        blocks += [("h3", "Perplexity probes"), ppl]
+
+    return blocks
+
+
+def _charts(comparisons: Sequence[dict], out: Path, train_dir: Path | None, tradeoff, top_subjects: int,
+            notes: list[str]) -> list[Chart]:
+    """Draw the report's charts into ``out``; a chart that cannot be drawn adds a note instead."""
+    main = comparisons[0]
+    figures: list[Chart] = []
+    plot_radar(radar_series(comparisons), out / "radar")
+    figures.append(Chart("radar", "Accuracy by benchmark category, base and tuned (中英文能力雷达图)."))
+    plot_subject_changes(main, out / "subjects", top=top_subjects)
+    figures.append(Chart("subjects", f"Change per subject for {main['tuned']['label']}, with 95% score "
+                                      f"intervals; red: loss, green: gain, each with Benjamini–Hochberg q < 0.05."))
+    points = [p for p in (comparison_point(c) for c in comparisons) if p]
+    if len(points) > 1:
+        plot_pareto(points, out / "pareto")
+        figures.append(Chart("pareto", "Chinese gain against English forgetting for every run; the Pareto "
+                                        "front (runs no other run beats on both) is marked."))
+    if train_dir is not None:
+        try:  # a training folder without usable logs costs the chart, not the report
+            plot_training_curves(train_dir, out / "training")
+            figures.append(Chart("training", f"Training curves from {train_dir}. {_training_summary(train_dir)}"))
+        except UserError as err:
+            notes.append(f"no training curves: {err}")
+    if tradeoff is not None:
+        figures.append(Chart("tradeoff", "Chinese gain against English forgetting along the adapter scale "
+                                          f"(tolerance {tradeoff.tolerance:g} points)."))
+    return figures
+
+
+def _settings_blocks(comparisons: Sequence[dict], adapter: dict) -> list:
+    """What was compared, the adapter, the evaluation settings and how the statistics were computed."""
+    main = comparisons[0]
+    blocks: list = []
+    blocks.append(("h2", "Settings"))
+    for cmp in comparisons[:1]:
+        blocks.append(("ul", [f"Base: {cmp['base']['model']} ({cmp['base']['dir']})",
+                              f"Tuned: {cmp['tuned']['label']}: model {cmp['tuned']['model']}, adapter "
+                              f"{cmp['tuned'].get('adapter')}, scale {cmp['tuned'].get('adapter_scale')} "
+                              f"({cmp['tuned']['dir']})"]
+                       + [f"Tuned: {c['tuned']['label']}: adapter {c['tuned'].get('adapter')}, scale "
+                          f"{c['tuned'].get('adapter_scale')} ({c['tuned']['dir']})" for c in comparisons[1:]]))
+    if adapter:
+        blocks += [("h3", "Adapter and LoRA settings"), ("pre", "\n".join(_kv_lines(adapter)))]
+    blocks += [("h3", "Evaluation settings"),
+               ("pre", "\n".join(_kv_lines(main.get("settings") or {})) or "(none recorded)")]
+    stats = main["statistics"]
+    blocks += [("h2", "How the statistics were computed"),
+               ("p", f"{stats['method']} Margins: English forgetting {stats['forgetting_margin']:g} points, "
+                     f"Chinese gain {stats['gain_margin']:g} points. Chinese gain pools C-Eval and CMMLU questions; "
+                     f"English forgetting pools MMLU and GSM8K questions (GSM8K counts the flexible answer match).")]
+    return blocks
 
 
 def build_report(*, base: str | Path | None = None, tuned: Sequence[str | Path] = (),
@@ -389,62 +456,15 @@ def build_report(*, base: str | Path | None = None, tuned: Sequence[str | Path] 
         write_tradeoff(tradeoff, out)
 
     headline = headline_sentences(main)
-    blocks: list = [("h1", title), ("lead", headline)]
-    blocks += [("h2", "Results"), ("h3", "Headline figures"), headline_table(comparisons),
-               ("h3", "Benchmarks"), benchmark_table(comparisons)]
-    if len(comparisons) > 1:
-        blocks.append(("p", f"Categories, subjects and perplexity below are for the first tuned run, "
-                            f"{main['tuned']['label']}."))
-    subjects = subject_table(main)
-    blocks += [("h3", "Categories"), category_table(main), ("h3", "Largest subject changes"),
-               subjects if subjects is not None else ("p", "No subject's accuracy changed.")]
-    ppl = perplexity_table(main)
-    if ppl:
-        blocks += [("h3", "Perplexity probes"), ppl]
-
+    blocks: list = [("h1", title), ("lead", headline)] + _result_blocks(comparisons)
     step("charts")
-    figures: list[Chart] = []
-    plot_radar(radar_series(comparisons), out / "radar")
-    figures.append(Chart("radar", "Accuracy by benchmark category, base and tuned (中英文能力雷达图)."))
-    plot_subject_changes(main, out / "subjects", top=top_subjects)
-    figures.append(Chart("subjects", f"Change per subject for {main['tuned']['label']}, with 95% score "
-                                      f"intervals; red: loss, green: gain, each with Benjamini–Hochberg q < 0.05."))
-    points = [p for p in (comparison_point(c) for c in comparisons) if p]
-    if len(points) > 1:
-        plot_pareto(points, out / "pareto")
-        figures.append(Chart("pareto", "Chinese gain against English forgetting for every run; the Pareto "
-                                        "front (runs no other run beats on both) is marked."))
-    if train_dir is not None:
-        try:  # a training folder without usable logs costs the chart, not the report
-            plot_training_curves(train_dir, out / "training")
-            figures.append(Chart("training", f"Training curves from {train_dir}. {_training_summary(train_dir)}"))
-        except UserError as err:
-            notes.append(f"no training curves: {err}")
-    if tradeoff is not None:
-        figures.append(Chart("tradeoff", "Chinese gain against English forgetting along the adapter scale "
-                                          f"(tolerance {tradeoff.tolerance:g} points)."))
+    figures = _charts(comparisons, out, train_dir, tradeoff, top_subjects, notes)
     blocks += [("h2", "Charts")] + figures
     if tradeoff is not None:
         blocks += [("h2", "Adapter scale"), ("ul", tradeoff.reasoning)]
 
-    blocks.append(("h2", "Settings"))
-    for cmp in comparisons[:1]:
-        blocks.append(("ul", [f"Base: {cmp['base']['model']} ({cmp['base']['dir']})",
-                              f"Tuned: {cmp['tuned']['label']}: model {cmp['tuned']['model']}, adapter "
-                              f"{cmp['tuned'].get('adapter')}, scale {cmp['tuned'].get('adapter_scale')} "
-                              f"({cmp['tuned']['dir']})"]
-                       + [f"Tuned: {c['tuned']['label']}: adapter {c['tuned'].get('adapter')}, scale "
-                          f"{c['tuned'].get('adapter_scale')} ({c['tuned']['dir']})" for c in comparisons[1:]]))
     adapter = _adapter_info(main, train_dir)
-    if adapter:
-        blocks += [("h3", "Adapter and LoRA settings"), ("pre", "\n".join(_kv_lines(adapter)))]
-    blocks += [("h3", "Evaluation settings"),
-               ("pre", "\n".join(_kv_lines(main.get("settings") or {})) or "(none recorded)")]
-    stats = main["statistics"]
-    blocks += [("h2", "How the statistics were computed"),
-               ("p", f"{stats['method']} Margins: English forgetting {stats['forgetting_margin']:g} points, "
-                     f"Chinese gain {stats['gain_margin']:g} points. Chinese gain pools C-Eval and CMMLU questions; "
-                     f"English forgetting pools MMLU and GSM8K questions (GSM8K counts the flexible answer match).")]
+    blocks += _settings_blocks(comparisons, adapter)
     notes += [n for c in comparisons for n in c.get("notes", [])]
     if notes:
         blocks += [("h3", "Notes"), ("ul", notes)]

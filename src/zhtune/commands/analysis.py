@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from zhtune.artifacts import write_resolved_settings
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -25,16 +27,6 @@ def _analysis_default(name: str) -> float:
     from zhtune.config import AnalysisConfig
 
     return AnalysisConfig.model_fields[name].default
-
-
-def _write_settings(out: Path, command: str, **settings) -> None:
-    """The command's resolved settings next to its outputs."""
-    from zhtune import __version__
-    from zhtune.io import atomic_write_json
-
-    atomic_write_json(out / f"{command}.resolved.json",
-                      {"command": command, **{k: (str(v) if isinstance(v, Path) else v) for k, v in settings.items()},
-                       "zhtune_version": __version__})
 
 
 def _ci(f: dict) -> str:
@@ -107,19 +99,27 @@ def _load_comparisons(paths: list[Path]) -> list[dict]:
     return out
 
 
+# The analysis options compare, report and tradeoff share: defaults and help from AnalysisConfig.
+_FORGETTING_MARGIN = typer.Option(_analysis_default("forgetting_margin"), "--forgetting-margin", min=0.0, max=100.0,
+                                  help=_analysis_help("forgetting_margin"))
+_GAIN_MARGIN = typer.Option(_analysis_default("gain_margin"), "--gain-margin", min=0.0, max=100.0,
+                            help=_analysis_help("gain_margin"))
+_HEADLINE_FORMULATION = typer.Option(_analysis_default("headline_formulation"), "--headline-formulation",
+                                     help=_analysis_help("headline_formulation"))
+
+
 def register(app: typer.Typer) -> None:
+    # Long only because it declares this area's commands: their typer options are the signature,
+    # and each body parses, calls one library function and prints.
     @app.command("compare")
     def compare_cmd(
         dirs: List[Path] = typer.Argument(..., help="BASE_DIR TUNED_DIR [MORE ...]: evaluation folders "
                                           "(single-run, multi-run with index.json, or MULTI/<label>)."),
         output_dir: Path = typer.Option(Path("comparison"), "--output-dir", "--output_dir",
                                         help="Where comparison.json goes (one subfolder per run when several)."),
-        forgetting_margin: float = typer.Option(_analysis_default("forgetting_margin"), "--forgetting-margin",
-                                                min=0.0, max=100.0, help=_analysis_help("forgetting_margin")),
-        gain_margin: float = typer.Option(_analysis_default("gain_margin"), "--gain-margin", min=0.0, max=100.0,
-                                          help=_analysis_help("gain_margin")),
-        headline_formulation: str = typer.Option(_analysis_default("headline_formulation"), "--headline-formulation",
-                                                 help=_analysis_help("headline_formulation")),
+        forgetting_margin: float = _FORGETTING_MARGIN,
+        gain_margin: float = _GAIN_MARGIN,
+        headline_formulation: str = _HEADLINE_FORMULATION,
     ):
         """Paired comparison of a base evaluation with one or more tuned ones: per benchmark, category and
         subject, the change with a 95% score interval, McNemar's exact p (and Benjamini-Hochberg q for subjects
@@ -144,7 +144,7 @@ def register(app: typer.Typer) -> None:
                 {"label": d["tuned"]["label"], "dir": d["tuned"]["dir"], "comparison": str(p.relative_to(output_dir)),
                  "chinese_gain": d["chinese_gain"], "english_forgetting": d["english_forgetting"],
                  "significant_forgetting": d["significant_forgetting"]} for d, p in zip(dicts, written, strict=True)])
-        _write_settings(output_dir, "compare", base=dirs[0], tuned=[str(d) for d in dirs[1:]],
+        write_resolved_settings(output_dir, "compare", base=dirs[0], tuned=[str(d) for d in dirs[1:]],
                         forgetting_margin=forgetting_margin, gain_margin=gain_margin,
                         headline_formulation=headline_formulation)
         for d in dicts:
@@ -173,12 +173,9 @@ def register(app: typer.Typer) -> None:
         screenshot: Optional[Path] = typer.Option(None, "--screenshot",
                                                   help="Also open report.html in headless Chromium, check every "
                                                        "image loads and save a PNG screenshot here."),
-        forgetting_margin: float = typer.Option(_analysis_default("forgetting_margin"), "--forgetting-margin",
-                                                min=0.0, max=100.0, help=_analysis_help("forgetting_margin")),
-        gain_margin: float = typer.Option(_analysis_default("gain_margin"), "--gain-margin", min=0.0, max=100.0,
-                                          help=_analysis_help("gain_margin")),
-        headline_formulation: str = typer.Option(_analysis_default("headline_formulation"), "--headline-formulation",
-                                                 help=_analysis_help("headline_formulation")),
+        forgetting_margin: float = _FORGETTING_MARGIN,
+        gain_margin: float = _GAIN_MARGIN,
+        headline_formulation: str = _HEADLINE_FORMULATION,
     ):
         """One self-contained report.html (plus report.md and report.json): three sentences with the answer,
         tables, charts, settings and how the statistics were computed."""
@@ -193,7 +190,7 @@ def register(app: typer.Typer) -> None:
                                  train_dir=train_dir, scale_dir=scale_dir, tolerance=tolerance, title=title,
                                  forgetting_margin=forgetting_margin, gain_margin=gain_margin,
                                  headline_formulation=headline_formulation, progress=lambda msg: status.update(f"building report: {msg}"))
-        _write_settings(output_dir, "report", base=base, tuned=[str(t) for t in tuned or []],
+        write_resolved_settings(output_dir, "report", base=base, tuned=[str(t) for t in tuned or []],
                         comparison=[str(c) for c in comparison or []], train_dir=train_dir, scale_dir=scale_dir,
                         tolerance=tolerance, title=title, forgetting_margin=forgetting_margin,
                         gain_margin=gain_margin, headline_formulation=headline_formulation)
@@ -220,10 +217,8 @@ def register(app: typer.Typer) -> None:
         adapter: Optional[str] = typer.Option(None, "--adapter", help="Which adapter, when the folder holds several."),
         output_dir: Path = typer.Option(Path("tradeoff"), "--output-dir", "--output_dir",
                                         help="Where tradeoff.json and the chart go."),
-        forgetting_margin: float = typer.Option(_analysis_default("forgetting_margin"), "--forgetting-margin",
-                                                min=0.0, max=100.0, help=_analysis_help("forgetting_margin")),
-        gain_margin: float = typer.Option(_analysis_default("gain_margin"), "--gain-margin", min=0.0, max=100.0,
-                                          help=_analysis_help("gain_margin")),
+        forgetting_margin: float = _FORGETTING_MARGIN,
+        gain_margin: float = _GAIN_MARGIN,
     ):
         """Chinese gain and English forgetting at every adapter scale, and the scale that gains the most
         Chinese while keeping English forgetting within --tolerance points."""
@@ -233,7 +228,7 @@ def register(app: typer.Typer) -> None:
             result = analyze_tradeoff(scale_dir, tolerance=tolerance, base_dir=base, adapter=adapter,
                                       forgetting_margin=forgetting_margin, gain_margin=gain_margin)
             paths = write_tradeoff(result, output_dir)
-        _write_settings(output_dir, "tradeoff", scale_dir=scale_dir, tolerance=tolerance, base=base,
+        write_resolved_settings(output_dir, "tradeoff", scale_dir=scale_dir, tolerance=tolerance, base=base,
                         adapter=adapter, forgetting_margin=forgetting_margin, gain_margin=gain_margin)
         table = Table(title=f"Adapter scale trade-off (tolerance {tolerance:g} points)")
         for col in ("Scale", "Chinese gain [95% CI]", "p", "English forgetting [95% CI]", "p", "Within"):
@@ -285,6 +280,6 @@ def register(app: typer.Typer) -> None:
         console.print(f"  Discordance: {plan['discordance_source']}.")
         if output_dir is not None:
             written = atomic_write_json(output_dir / "plan.json", plan)
-            _write_settings(output_dir, "plan", pilot=from_dir, tuned=tuned, change=change,
+            write_resolved_settings(output_dir, "plan", pilot=from_dir, tuned=tuned, change=change,
                             discordance=discordance)
             console.print(f"[bold green]wrote[/] {written}")

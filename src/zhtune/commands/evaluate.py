@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from zhtune.config import flag_help
+
 from zhtune.commands import split_list
 from zhtune.data.layout import compose_data_dir
 from zhtune.errors import UserError
@@ -63,6 +65,8 @@ def print_results(out: Path, index: dict) -> None:
 
 
 def register(app: typer.Typer) -> None:
+    # Long only because it declares this area's commands: their typer options are the signature,
+    # and each body parses, calls one library function and prints.
     @app.command("eval")
     def eval_cmd(
         model: Optional[str] = typer.Option(
@@ -75,7 +79,7 @@ def register(app: typer.Typer) -> None:
                  "loaded onto one base."),
         adapter_scale: Optional[str] = typer.Option(
             None, "--adapter-scale", "--adapter_scale",
-            help="LoRA scales to evaluate each adapter at, comma-separated, e.g. 0,0.5,1 (default 1)."),
+            help=flag_help("eval.adapter_scales", "LoRA scales to evaluate each adapter at, comma-separated, e.g. 0,0.5,1")),
         no_base: bool = typer.Option(False, "--no-base",
             help="With --adapter: skip evaluating the base model."),
         benchmarks: Optional[str] = typer.Option(
@@ -85,26 +89,26 @@ def register(app: typer.Typer) -> None:
         limit: Optional[int] = typer.Option(
             None, "--limit", min=1, help="First N questions per subject (GSM8K: first N overall)."),
         shots: Optional[int] = typer.Option(None, "--shots", min=0,
-            help="Few-shot examples for C-Eval/CMMLU/MMLU (default 5)."),
+            help=flag_help("eval.shots", "Few-shot examples for C-Eval/CMMLU/MMLU")),
         gsm8k_shots: Optional[int] = typer.Option(None, "--gsm8k-shots", "--gsm8k_shots", min=0,
-            help="Few-shot examples for GSM8K (default 5)."),
+            help=flag_help("eval.gsm8k_shots", "Few-shot examples for GSM8K")),
         gsm8k_cot: Optional[bool] = typer.Option(None, "--gsm8k-cot/--no-gsm8k-cot",
             help="GSM8K with the 8 chain-of-thought exemplars."),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", "--batch_size", min=1,
-            help="Questions per forward pass (default 8)."),
+            help=flag_help("eval.batch_size", "Questions per forward pass")),
         dtype: Optional[str] = typer.Option(None, "--dtype",
             help="auto, float32, bfloat16 or float16 (auto: bf16 on GPUs, fp32 on CPU)."),
         device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1, mps."),
         chat: Optional[bool] = typer.Option(None, "--chat/--no-chat",
             help="Wrap prompts in the model's chat template."),
         max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", "--max_new_tokens", min=1,
-            help="GSM8K generation length (default 256)."),
+            help=flag_help("eval.max_new_tokens", "GSM8K generation length")),
         style: Optional[str] = typer.Option(None, "--style",
-            help="Prompt style: lm-eval (default; lm-evaluation-harness 0.4.13's tasks, character for "
-                 "character) or official (the C-Eval / CMMLU / MMLU authors' code and aggregation)."),
+            help=flag_help("eval.style", "Prompt style: lm-eval (lm-evaluation-harness 0.4.13's tasks, character "
+                           "for character) or official (the C-Eval / CMMLU / MMLU authors' code and aggregation)")),
         formulation: Optional[str] = typer.Option(None, "--formulation",
-            help="Multiple choice: letter (default), cloze (each option's text by log-likelihood, "
-                 "reported as acc_norm and acc) or both (cloze under <benchmark>_cloze)."),
+            help=flag_help("eval.formulation", "Multiple choice: letter, cloze (each option's text by "
+                           "log-likelihood, reported as acc_norm and acc) or both (cloze under <benchmark>_cloze)")),
         write_prompts: Optional[bool] = typer.Option(None, "--write-prompts/--no-write-prompts",
             help="Write prompts.jsonl beside predictions.jsonl: the exact context and scored "
                  "continuations (GSM8K: stop strings) of every question."),

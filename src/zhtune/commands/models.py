@@ -35,6 +35,8 @@ def human_size(n: int) -> str:
 
 
 def register(app: typer.Typer) -> None:
+    # Long only because it declares this area's commands: their typer options are the signature,
+    # and each body parses, calls one library function and prints.
     models_app = typer.Typer(help="Models: download and convert (pull), list the cache, inspect one (info).",
                              no_args_is_help=True)
     app.add_typer(models_app, name="models")

@@ -8,6 +8,8 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
+from zhtune.config import flag_help
+
 console = Console()
 
 
@@ -24,6 +26,8 @@ def print_headline(result) -> None:
 
 
 def register(app: typer.Typer) -> None:
+    # Long only because it declares this area's commands: their typer options are the signature,
+    # and each body parses, calls one library function and prints.
     @app.command("run")
     def run_cmd(
         config: str = typer.Argument(..., help="Experiment YAML (or the name of a shipped config, e.g. demo-cpu)."),
@@ -54,15 +58,15 @@ def register(app: typer.Typer) -> None:
         overrides: Optional[List[str]] = typer.Argument(None, help="Grid axes as key=v1,v2 (lora.rank=4,8,16) and plain overrides key=value."),
         data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Local data folder; default ZHTUNE_DATA_DIR, else the hub."),
         output_dir: Optional[str] = typer.Option(None, "--output-dir", help="Sweep folder (overrides output.dir)."),
-        workers: Optional[int] = typer.Option(None, "--workers", help="Local: runs at a time, each in its own process (default: sweep.workers, 1)."),
+        workers: Optional[int] = typer.Option(None, "--workers", help=flag_help("sweep.workers", "Local: runs at a time, each in its own process")),
         devices: Optional[str] = typer.Option(None, "--devices", help="Local: one worker per device, e.g. cuda:0,cuda:1."),
-        launcher: Optional[str] = typer.Option(None, "--launcher", help="Where points run: local, ray or slurm (default: sweep.launcher, local)."),
+        launcher: Optional[str] = typer.Option(None, "--launcher", help=flag_help("sweep.launcher", "Where points run: local, ray or slurm")),
         address: Optional[str] = typer.Option(None, "--address", help="Ray cluster: auto or HOST:PORT (default: sweep.address, else RAY_ADDRESS, else Ray on this machine)."),
-        max_retries: Optional[int] = typer.Option(None, "--max-retries", help="Restarts of a point whose worker or job died (default: sweep.max_retries, 2)."),
-        gpus: Optional[int] = typer.Option(None, "--gpus-per-point", help="Ray / Slurm: GPUs per point (default: 1 where the cluster has GPUs)."),
-        cpus: Optional[int] = typer.Option(None, "--cpus-per-point", help="Ray / Slurm: CPUs per point (default: sweep.cpus_per_point, 1)."),
+        max_retries: Optional[int] = typer.Option(None, "--max-retries", help=flag_help("sweep.max_retries", "Restarts of a point whose worker or job died")),
+        gpus: Optional[int] = typer.Option(None, "--gpus-per-point", help="Ray / Slurm: GPUs per point (unset: one where the cluster has GPUs)."),
+        cpus: Optional[int] = typer.Option(None, "--cpus-per-point", help=flag_help("sweep.cpus_per_point", "Ray / Slurm: CPUs per point")),
         partition: Optional[str] = typer.Option(None, "--partition", help="Slurm partition (default: sweep.slurm.partition)."),
-        time_min: Optional[int] = typer.Option(None, "--time-min", help="Slurm: time limit of one point's job, minutes (default: sweep.slurm.time_min)."),
+        time_min: Optional[int] = typer.Option(None, "--time-min", help=flag_help("sweep.slurm.time_min", "Slurm: time limit of one point's job, minutes")),
     ):
         """Run a grid of LoRA settings (one shared baseline) and write results.csv/.md and a Pareto plot.
 

@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from zhtune.config import flag_help
+
 console = Console()
 
 
@@ -46,6 +48,8 @@ def _counts_table(manifest: dict, out: Path) -> Table:
 
 
 def register(app: typer.Typer) -> None:
+    # Long only because it declares this area's commands: their typer options are the signature,
+    # and each body parses, calls one library function and prints.
     @app.command("prepare")
     def prepare_cmd(
         overrides: Optional[List[str]] = typer.Argument(
@@ -96,13 +100,13 @@ def register(app: typer.Typer) -> None:
             None, "--output-dir", "--output_dir", help="Training output folder (default: OUTPUT.DIR/train)."),
         lora_rank: Optional[int] = typer.Option(None, "--lora-rank", "--lora_rank", min=1, help="LoRA rank r (default: the family's)."),
         lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", "--lora_alpha", help="LoRA alpha (default: the family's)."),
-        lora_dropout: Optional[float] = typer.Option(None, "--lora-dropout", "--lora_dropout", help="Dropout on the LoRA input (default 0.05)."),
+        lora_dropout: Optional[float] = typer.Option(None, "--lora-dropout", "--lora_dropout", help=flag_help("lora.dropout", "Dropout on the LoRA input")),
         lora_targets: Optional[str] = typer.Option(None, "--lora-targets", "--lora_target", help="all, attention, mlp or comma-separated module names."),
-        epochs: Optional[float] = typer.Option(None, "--epochs", "--num_epochs", "--num-epochs", help="Training epochs (default 1)."),
+        epochs: Optional[float] = typer.Option(None, "--epochs", "--num_epochs", "--num-epochs", help=flag_help("train.epochs", "Training epochs")),
         max_steps: Optional[int] = typer.Option(None, "--max-steps", "--max_steps", help="Optimizer steps; overrides --epochs when > 0."),
-        batch_size: Optional[int] = typer.Option(None, "--batch-size", "--batch_size", min=1, help="Rows per device per step."),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", "--batch_size", min=1, help=flag_help("train.batch_size", "Rows per device per step")),
         gradient_accumulation_steps: Optional[int] = typer.Option(
-            None, "--gradient-accumulation-steps", "--gradient_accumulation_steps", min=1, help="Micro-batches per optimizer step."),
+            None, "--gradient-accumulation-steps", "--gradient_accumulation_steps", min=1, help=flag_help("train.gradient_accumulation_steps", "Micro-batches per optimizer step")),
         learning_rate: Optional[float] = typer.Option(None, "--learning-rate", "--learning_rate", help="Peak learning rate (default: the family's)."),
         deepspeed: Optional[str] = typer.Option(None, "--deepspeed", help="DeepSpeed JSON config (e.g. configs/deepspeed/zero2.json); GPUs only."),
         resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from the last complete checkpoint in OUT (default) or start over."),
@@ -137,7 +141,7 @@ def register(app: typer.Typer) -> None:
     ):
         """Fold a LoRA adapter into its base model and save the full model."""
         from zhtune.errors import UserError
-        from zhtune.train.lora import merge_adapter
+        from zhtune.models.merge import merge_adapter
 
         if dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise UserError(f"--dtype {dtype!r}: use auto, float32, bfloat16 or float16")

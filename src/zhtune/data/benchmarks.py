@@ -281,7 +281,7 @@ def _local_subjects(data_dir: Path, benchmark: str, split: str) -> list[str]:
 # ----------------------------------------------------------------------------- hub
 
 
-def _hub_location(benchmark: str, subject: str, split: str) -> tuple[str, str, str]:
+def hub_location(benchmark: str, subject: str, split: str) -> tuple[str, str, str]:
     """(dataset id, config, split) on the hub for one of our (benchmark, subject, split)."""
     hub = _spec(benchmark).hub
     config = hub.configs.get(split, hub.config).format(subject=subject)
@@ -334,7 +334,7 @@ def hub_record_fields(benchmark: str, row: dict, index: int) -> tuple[str, Any, 
 
 @lru_cache(maxsize=None)
 def _read_hub(benchmark: str, subject: str, split: str) -> ParsedFile:
-    repo, config, hub_split = _hub_location(benchmark, subject, split)
+    repo, config, hub_split = hub_location(benchmark, subject, split)
     source = f"hub {repo} (config {config}, split {hub_split})"
     category = subject_info(benchmark, subject).category
     questions, rows, problems = [], [], []

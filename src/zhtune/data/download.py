@@ -83,7 +83,7 @@ class _Manifest:
 
 
 def _download_benchmark(benchmark: str, manifest: _Manifest, step: Callable[[str], None]) -> None:
-    from zhtune.data.benchmarks import (HUB_DATASETS, SPLITS, _hub_location, hub_load_revision,
+    from zhtune.data.benchmarks import (HUB_DATASETS, SPLITS, hub_location, hub_load_revision,
                                         known_subjects, local_file)
     from zhtune.data.specs import load_spec
 
@@ -95,7 +95,7 @@ def _download_benchmark(benchmark: str, manifest: _Manifest, step: Callable[[str
     for split in SPLITS[benchmark]:
         total = 0
         for subject in subjects:
-            _, config, hub_split = _hub_location(benchmark, subject, split)
+            _, config, hub_split = hub_location(benchmark, subject, split)
             records, revision = hub_load_revision(repo, config, hub_split, commit)
             if revision not in source["revisions_read"]:
                 source["revisions_read"].append(revision)

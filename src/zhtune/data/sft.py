@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from zhtune import __version__
-from zhtune.artifacts import utc_timestamp
-from zhtune.config import ExperimentConfig, config_to_dict, fingerprint, save_resolved
+from zhtune.artifacts import fingerprint, utc_timestamp
+from zhtune.config import ExperimentConfig, config_to_dict, save_resolved
 from zhtune.data.instructions import InstructionRecord, build_instruction_set
 from zhtune.errors import UserError
 from zhtune.io import atomic_write_json, default_data_dir, read_json
@@ -240,21 +240,6 @@ def encode_records(records: list[InstructionRecord], formatter: ChatFormatter, m
     return samples, counts
 
 
-def load_tokenizer_and_family(model_cfg) -> tuple[Any, ModelFamily, Path]:
-    """The tokenizer and family of a model, without loading its weights."""
-    from transformers import AutoConfig
-
-    from zhtune.models.families import detect_family
-    from zhtune.models.loading import load_tokenizer
-    from zhtune.models.sources import resolve_model
-
-    path = Path(resolve_model(model_cfg.name_or_path, revision=model_cfg.revision))
-    tokenizer = load_tokenizer(path, model_cfg.trust_remote_code)
-    config = AutoConfig.from_pretrained(str(path), trust_remote_code=model_cfg.trust_remote_code)
-    family = detect_family(config, tokenizer, model_cfg.name_or_path, model_cfg.family)
-    return tokenizer, family, path
-
-
 def prepare_settings_fingerprint(cfg: ExperimentConfig, tok_fp: str, family: ModelFamily,
                                  data_dir: Path | None) -> str:
     return fingerprint("prepare", FORMAT_VERSION, config_to_dict(cfg.data), tok_fp, family.name,
@@ -294,6 +279,8 @@ def prepare_dataset(cfg: ExperimentConfig, out_dir: str | Path, *, data_dir: str
     """Build (or reuse, when the settings match) a prepared dataset folder; returns its manifest."""
     from rich.console import Console
     from rich.progress import Progress
+
+    from zhtune.models.loading import load_tokenizer_and_family
 
     out_dir = Path(out_dir)
     data_dir = default_data_dir(data_dir or cfg.data.data_dir)

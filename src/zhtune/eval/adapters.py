@@ -15,25 +15,9 @@ from typing import Iterator, Sequence
 
 import torch
 
-from zhtune.errors import UserError
-from zhtune.io import read_json
+from zhtune.artifacts import read_adapter_meta, resolve_adapter_dir
 
 log = logging.getLogger(__name__)
-
-
-def resolve_adapter_dir(path: str | Path) -> Path:
-    """The adapter folder for a training output folder ``OUT`` or the adapter folder ``OUT/adapter``."""
-    p = Path(path).expanduser()
-    for candidate in (p, p / "adapter"):
-        if (candidate / "adapter_config.json").is_file():
-            if not (candidate / "adapter_model.safetensors").is_file():
-                raise UserError(f"{candidate}: no adapter_model.safetensors (only safetensors "
-                                f"adapter weights are loaded)")
-            return candidate
-    if not p.exists():
-        raise UserError(f"{path}: no such adapter folder")
-    raise UserError(f"{path}: no adapter_config.json here or in {p / 'adapter'} "
-                    f"(expected a LoRA adapter folder or a `zhtune train` output folder)")
 
 
 def adapter_names(paths: Sequence[str | Path], labels: Sequence[str] | None = None) -> list[str]:
@@ -59,10 +43,9 @@ def adapter_names(paths: Sequence[str | Path], labels: Sequence[str] | None = No
 
 def _check_base(adapter_dir: Path, base_name: str | None) -> None:
     """Warn when the adapter says it was trained on a different base model."""
-    info_path = adapter_dir / "zhtune_adapter.json"
-    if base_name is None or not info_path.is_file():
+    if base_name is None:
         return
-    trained_on = read_json(info_path).get("base_model")
+    trained_on = read_adapter_meta(adapter_dir).get("base_model")
     if trained_on and trained_on != base_name:
         log.warning("%s was trained on %s, evaluating it on %s", adapter_dir, trained_on, base_name)
 

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from zhtune import __version__
-from zhtune.artifacts import utc_timestamp
-from zhtune.config import EvalConfig, ModelConfig, fingerprint
+from zhtune.artifacts import EVAL_INDEX, fingerprint, utc_timestamp, write_eval_index
+from zhtune.config import EvalConfig, ModelConfig
 from zhtune.data.benchmarks import is_multiple_choice
 from zhtune.errors import UserError
-from zhtune.io import atomic_write_json, atomic_write_jsonl, default_data_dir
+from zhtune.io import atomic_write_json, atomic_write_jsonl, default_data_dir, read_json
 
 log = logging.getLogger(__name__)
 
@@ -401,13 +401,8 @@ def run_eval(model_cfg: ModelConfig, eval_cfg: EvalConfig, out_dir, *, data_dir=
     Labels: ``base``, ``<adapter>`` (scale 1) and ``<adapter>@scale-<s>``; an adapter's name is
     its ``adapter_labels`` entry, else its training folder's name. ``OUT/index.json``
     lists them (written last, with each label as it completes)."""
-    from zhtune.eval.adapters import (
-        adapter_names,
-        attach_adapters,
-        resolve_adapter_dir,
-        scale_label,
-        use_adapter,
-    )
+    from zhtune.artifacts import resolve_adapter_dir
+    from zhtune.eval.adapters import adapter_names, attach_adapters, scale_label, use_adapter
     from zhtune.models.loading import load_model
 
     if not include_base and not adapters:
@@ -424,14 +419,13 @@ def run_eval(model_cfg: ModelConfig, eval_cfg: EvalConfig, out_dir, *, data_dir=
     base_meta = {"model": model_cfg.name_or_path, "family": family.name,
                  "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
                  "device": str(next(model.parameters()).device)}
-    index: dict[str, Any] = {"model": model_cfg.name_or_path, "runs": [], "labels": []}
+    runs: list[dict] = []
 
     def record(label: str, result: EvalResult, adapter: str | None, scale: float | None):
         write_eval_output(result, out / label)
-        index["runs"].append({"label": label, "dir": label, "adapter": adapter, "adapter_scale": scale,
-                              "settings_fingerprint": result.summary["settings_fingerprint"]})
-        index["labels"].append(label)
-        atomic_write_json(out / "index.json", index)
+        runs.append({"label": label, "dir": label, "adapter": adapter, "adapter_scale": scale,
+                     "settings_fingerprint": result.summary["settings_fingerprint"]})
+        write_eval_index(out, model_cfg.name_or_path, runs)
 
     if include_base:
         result = evaluate_model(model, tokenizer, family, eval_cfg, data_dir, label="base",
@@ -448,4 +442,4 @@ def run_eval(model_cfg: ModelConfig, eval_cfg: EvalConfig, out_dir, *, data_dir=
                     result = evaluate_model(peft_model, tokenizer, family, eval_cfg, data_dir,
                                             label=label, meta=meta, progress=progress)
                 record(label, result, str(dirs[name]), float(scale))
-    return index
+    return read_json(out / EVAL_INDEX)

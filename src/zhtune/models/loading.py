@@ -49,6 +49,19 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
     return tokenizer
 
 
+def load_tokenizer_and_family(model_cfg) -> tuple[Any, ModelFamily, Path]:
+    """The tokenizer and family of a model, without loading its weights."""
+    from transformers import AutoConfig
+
+    from zhtune.models.sources import resolve_model
+
+    path = Path(resolve_model(model_cfg.name_or_path, revision=model_cfg.revision))
+    tokenizer = load_tokenizer(path, model_cfg.trust_remote_code)
+    config = AutoConfig.from_pretrained(str(path), trust_remote_code=model_cfg.trust_remote_code)
+    family = detect_family(config, tokenizer, model_cfg.name_or_path, model_cfg.family)
+    return tokenizer, family, path
+
+
 def load_model(cfg: ModelConfig | str, for_training: bool = False) -> LoadedModel:
     """Resolve ``cfg.name_or_path`` to a local safetensors folder and load model + tokenizer."""
     from transformers import AutoModelForCausalLM

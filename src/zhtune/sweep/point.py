@@ -127,13 +127,13 @@ def run_point(job: PointJob) -> dict:
 
 def run_baseline(job: BaselineJob) -> str:
     """Evaluate the base model once for the whole sweep (into the shared baseline cache)."""
-    from zhtune.experiment import ExperimentResult, baseline_dir, evaluate_baseline
+    from zhtune.experiment import baseline_dir, evaluate_baseline
 
     job.marker.check()
     cfg = load_config(job.config_path)
     data_dir = Path(job.data_dir) if job.data_dir else None
     out = baseline_dir(cfg, data_dir)
-    evaluate_baseline(cfg, data_dir, ExperimentResult(out, out, *[out] * 4))  # result: ran/skipped
+    evaluate_baseline(cfg, data_dir)
     return str(out)
 
 
@@ -145,7 +145,7 @@ def _write_status(job: PointJob, state: str, node: str, **extra) -> None:
 
 def _log_resume(job: PointJob) -> None:
     """Say so when this attempt continues an interrupted training run."""
-    from zhtune.train.lora import latest_checkpoint
+    from zhtune.train.checkpoints import latest_checkpoint
 
     train = job.out_dir / "train"
     last = None if (train / "adapter").exists() else latest_checkpoint(train / "checkpoints")

@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+from zhtune.artifacts import read_adapter_meta
 from zhtune.errors import UserError
 from zhtune.io import atomic_write_json, atomic_write_text, read_json
 from zhtune.sweep.grid import SweepPoint
@@ -24,9 +25,8 @@ def collect_results(points: list[SweepPoint], failed: dict[str, str]) -> list[di
             continue
         cmp = read_json(cmp_file)
         row.update(status="done", **headline_numbers(cmp))
-        meta_file = out / "train" / "adapter" / "zhtune_adapter.json"
-        if meta_file.exists():
-            meta = read_json(meta_file)
+        meta = read_adapter_meta(out / "train")
+        if meta:
             row["train_seconds"] = meta.get("train_seconds") or meta.get("train_runtime")
             row["trainable_params"] = meta.get("trainable_params")
         rows.append(row)

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from zhtune.config import ExperimentConfig
-from zhtune.experiment import baseline_dir, stage_fingerprints, stage_is_current
+from zhtune.artifacts import stage_is_current
+from zhtune.experiment import baseline_dir, stage_fingerprints
 from zhtune.io import default_data_dir
 from zhtune.sweep.grid import SweepPoint, grid_points
 from zhtune.sweep.launcher import Launcher, Running, make_launcher
