@@ -273,10 +273,12 @@ def config_to_dict(cfg: BaseModel) -> dict:
     return cfg.model_dump(mode="json")
 
 
-def save_resolved(cfg: BaseModel, out_dir: str | Path, name: str = "config.resolved.yaml") -> Path:
-    """Write the fully resolved config next to a command's outputs."""
+def save_resolved(cfg: BaseModel | dict, out_dir: str | Path, name: str = "config.resolved.yaml") -> Path:
+    """Write the fully resolved config (a config, or a dict in the experiment config's shape) next to a
+    command's outputs: ``zhtune <command> --config OUT/config.resolved.yaml`` repeats the run."""
     path = Path(out_dir) / name
-    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True)
+    text = yaml.safe_dump(cfg if isinstance(cfg, dict) else config_to_dict(cfg), sort_keys=False,
+                          allow_unicode=True)
     atomic_write_text(path, text)
     return path
 

@@ -379,17 +379,11 @@ def write_eval_output(result: EvalResult, out_dir) -> Path:
 # ----------------------------------------------------------------------------- several runs
 
 def _save_settings(model_cfg: ModelConfig, eval_cfg: EvalConfig, data_dir, out: Path) -> None:
-    """config.resolved.yaml in the experiment config's shape (model / data / eval), so that
-    ``zhtune eval --config OUT/config.resolved.yaml`` repeats the run."""
-    import yaml
+    """config.resolved.yaml in the experiment config's shape (model / data / eval)."""
+    from zhtune.config import save_resolved
 
-    from zhtune.io import atomic_write_text
-
-    doc = {"model": model_cfg.model_dump(mode="json"),
-           "data": {"data_dir": str(data_dir) if data_dir else None},
-           "eval": eval_cfg.model_dump(mode="json")}
-    atomic_write_text(out / "config.resolved.yaml",
-                      yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+    save_resolved({"model": model_cfg.model_dump(mode="json"), "data": {"data_dir": str(data_dir) if data_dir else None},
+                   "eval": eval_cfg.model_dump(mode="json")}, out)
 
 
 def run_eval(model_cfg: ModelConfig, eval_cfg: EvalConfig, out_dir, *, data_dir=None,
