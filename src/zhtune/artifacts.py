@@ -98,9 +98,11 @@ def write_resolved_settings(out: str | Path, command: str, **settings) -> Path:
 EVAL_INDEX = "index.json"
 
 
-def write_eval_index(folder: str | Path, model: str, runs: list[dict]) -> Path:
-    return atomic_write_json(Path(folder) / EVAL_INDEX, {"model": model, "runs": runs,
-                                                         "labels": [r["label"] for r in runs]})
+def write_eval_index(folder: str | Path, model: str, runs: list[dict]) -> dict:
+    """Write ``FOLDER/index.json``; returns what was written."""
+    index = {"model": model, "runs": runs, "labels": [r["label"] for r in runs]}
+    atomic_write_json(Path(folder) / EVAL_INDEX, index)
+    return index
 
 
 def read_eval_index(folder: str | Path) -> list[dict]:

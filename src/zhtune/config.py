@@ -326,15 +326,20 @@ def _override_text(value: Any) -> str:
     return str(value)
 
 
-def flag_help(key: str, text: str | None = None) -> str:
-    """The help of the command-line flag for config field ``key`` (dotted, e.g. "eval.shots"): the
-    field's description (else ``text``) and the schema's default, so that a default is stated once, in
-    the schema. A field whose default is None gets no default here: ``text`` says what None means."""
+def config_field(key: str):
+    """The schema's field (pydantic FieldInfo) for a dotted config key, e.g. "eval.shots"."""
     model: type[BaseModel] = ExperimentConfig
     *sections, name = key.split(".")
     for section in sections:
         model = model.model_fields[section].annotation  # nested sections are plain _Section classes
-    field = model.model_fields[name]
+    return model.model_fields[name]
+
+
+def flag_help(key: str, text: str | None = None) -> str:
+    """The help of the command-line flag for config field ``key`` (dotted, e.g. "eval.shots"): the
+    field's description (else ``text``) and the schema's default, so that a default is stated once, in
+    the schema. A field whose default is None gets no default here: ``text`` says what None means."""
+    field = config_field(key)
     description = field.description or text
     if description is None:
         raise ValueError(f"{key}: no description in the schema and no help text given")

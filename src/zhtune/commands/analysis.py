@@ -3,13 +3,14 @@ evaluation folders."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from zhtune.artifacts import write_resolved_settings
+from zhtune.config import config_field
 
 console = Console()
 err_console = Console(stderr=True)
@@ -17,16 +18,13 @@ err_console = Console(stderr=True)
 
 
 def _analysis_help(name: str) -> str:
-    """The help of an analysis option (--forgetting-margin, ...) is the config field's description."""
-    from zhtune.config import AnalysisConfig
+    """The help of an analysis option (--forgetting-margin, ...) is the config field's description
+    (typer shows the default itself)."""
+    return config_field(f"analysis.{name}").description
 
-    return AnalysisConfig.model_fields[name].description
 
-
-def _analysis_default(name: str) -> float:
-    from zhtune.config import AnalysisConfig
-
-    return AnalysisConfig.model_fields[name].default
+def _analysis_default(name: str) -> Any:
+    return config_field(f"analysis.{name}").default
 
 
 def _ci(f: dict) -> str:

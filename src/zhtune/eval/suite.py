@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from zhtune import __version__
-from zhtune.artifacts import EVAL_INDEX, fingerprint, utc_timestamp, write_eval_index
+from zhtune.artifacts import fingerprint, utc_timestamp, write_eval_index
 from zhtune.config import EvalConfig, ModelConfig
 from zhtune.data.benchmarks import is_multiple_choice
 from zhtune.errors import UserError
-from zhtune.io import atomic_write_json, atomic_write_jsonl, default_data_dir, read_json
+from zhtune.io import atomic_write_json, atomic_write_jsonl, default_data_dir
 
 log = logging.getLogger(__name__)
 
@@ -414,12 +414,13 @@ def run_eval(model_cfg: ModelConfig, eval_cfg: EvalConfig, out_dir, *, data_dir=
                  "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
                  "device": str(next(model.parameters()).device)}
     runs: list[dict] = []
+    index: dict = {}
 
     def record(label: str, result: EvalResult, adapter: str | None, scale: float | None):
         write_eval_output(result, out / label)
         runs.append({"label": label, "dir": label, "adapter": adapter, "adapter_scale": scale,
                      "settings_fingerprint": result.summary["settings_fingerprint"]})
-        write_eval_index(out, model_cfg.name_or_path, runs)
+        index.update(write_eval_index(out, model_cfg.name_or_path, runs))  # each label as it completes
 
     if include_base:
         result = evaluate_model(model, tokenizer, family, eval_cfg, data_dir, label="base",
@@ -436,4 +437,4 @@ def run_eval(model_cfg: ModelConfig, eval_cfg: EvalConfig, out_dir, *, data_dir=
                     result = evaluate_model(peft_model, tokenizer, family, eval_cfg, data_dir,
                                             label=label, meta=meta, progress=progress)
                 record(label, result, str(dirs[name]), float(scale))
-    return read_json(out / EVAL_INDEX)
+    return index
