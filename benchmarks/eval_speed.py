@@ -113,7 +113,9 @@ def main():
     ap.add_argument("--n", type=int, default=26,
                     help="Questions: the first N in loader order (26: about one subject's worth).")
     ap.add_argument("--shots", type=int, default=5, help="Few-shot examples.")
-    ap.add_argument("--batch-size", type=int, default=8, help="Sequences per forward pass (both).")
+    ap.add_argument("--batch-size", type=int, default=8, help="Sequences per forward pass (plain).")
+    ap.add_argument("--batch-tokens", type=int, default=4096,
+                    help="zhtune's question tokens per forward pass (eval.batch_tokens).")
     ap.add_argument("--data-dir", default=None, help="Local data folder (default ZHTUNE_DATA_DIR).")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's).")
     ap.add_argument("--no-plain", action="store_true",
@@ -140,14 +142,14 @@ def main():
     # Warm-up (allocator, kernels) of each scorer, then the timed runs.
     score_choice(model, tok, questions[:2], shots=args.shots, data_dir=args.data_dir, progress=False)
     ours, t_ours, tokens_ours, padded_ours = timed(lambda: score_choice(
-        model, tok, questions, shots=args.shots, data_dir=args.data_dir, batch_size=args.batch_size,
-        progress=False))
+        model, tok, questions, shots=args.shots, data_dir=args.data_dir,
+        batch_tokens=args.batch_tokens, progress=False))
     plain, t_plain, tokens_plain, padded_plain = timed(lambda: None if args.no_plain else plain_scores(
         model, tok, questions, args.shots, args.data_dir, args.batch_size))
     score_cloze(model, tok, questions[:2], shots=args.shots, data_dir=args.data_dir, progress=False)
     cloze, t_cloze, tokens_cloze, padded_cloze = timed(lambda: score_cloze(
-        model, tok, questions, shots=args.shots, data_dir=args.data_dir, batch_size=args.batch_size,
-        progress=False))
+        model, tok, questions, shots=args.shots, data_dir=args.data_dir,
+        batch_tokens=args.batch_tokens, progress=False))
     peaks = {d: measure_peak(device, d) for d in dict.fromkeys((dtype, torch.float32, torch.bfloat16))}
     peak, best_dtype = peaks[dtype], max(peaks, key=peaks.get)
 

@@ -93,7 +93,7 @@ def run_zhtune(args) -> dict:
     loaded = load_model(args.model)
     preds: dict[str, str] = {}
     subject_seconds: dict[str, float] = {}
-    settings = f"score_choice batch_size={args.batch_size}, fp32, cpu, threads={args.threads}"
+    settings = f"score_choice batch_tokens={args.batch_tokens}, fp32, cpu, threads={args.threads}"
     # Work done, in tokens through the decoder: zhtune's (prefix once + each question's own tokens)
     # and lm-eval's (each question's whole context once: its logits cache shares one forward pass
     # among the four one-token continuations). Their ratio bounds the possible speed-up.
@@ -110,7 +110,7 @@ def run_zhtune(args) -> dict:
         questions = load_benchmark(benchmark, data_dir=args.data_dir, subjects=[subject])[: args.per_subject]
         t0 = time.perf_counter()
         scored = score_choice(loaded.model, loaded.tokenizer, questions, shots=args.shots,
-                              data_dir=args.data_dir, batch_size=args.batch_size, progress=False,
+                              data_dir=args.data_dir, batch_tokens=args.batch_tokens, progress=False,
                               style="lm-eval")
         subject_seconds[f"{benchmark}/{subject}"] = time.perf_counter() - t0
         shots = few_shot_examples(benchmark, subject, args.shots, data_dir=args.data_dir)
@@ -163,7 +163,8 @@ def main() -> None:
     ap.add_argument("--per-subject", type=int, default=8, help="First N questions of every subject.")
     ap.add_argument("--subjects-per-benchmark", type=int, default=0, help="Only the first N subjects (0: all).")
     ap.add_argument("--shots", type=int, default=5)
-    ap.add_argument("--batch-size", type=int, default=8, help="zhtune questions per forward pass.")
+    ap.add_argument("--batch-tokens", type=int, default=4096,
+                    help="zhtune's question tokens per forward pass (eval.batch_tokens).")
     ap.add_argument("--lm-eval-batch-size", type=int, default=1,
                     help="HFLM batch size (1: lm-eval's default; 'auto' peaked at 24 GB here).")
     ap.add_argument("--threads", type=int, default=1,

@@ -60,7 +60,7 @@ path = '$WORK/tiny-llama'
 model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).to('$DEV').eval()
 tok = AutoTokenizer.from_pretrained(path)
 questions = load_benchmark('mmlu', 'test', '$DATA')[:12]
-expected = [p.pred for p in score_choice(model, tok, questions, shots=2, batch_size=8, progress=False)]
+expected = [p.pred for p in score_choice(model, tok, questions, shots=2, batch_tokens=2000, progress=False)]
 raised = []
 def oom_once(module, args, kwargs):  # the first multi-question forward pass runs out of memory
     ids = kwargs.get('input_ids', args[0] if args else None)
@@ -70,7 +70,7 @@ def oom_once(module, args, kwargs):  # the first multi-question forward pass run
 hook = model.model.register_forward_pre_hook(oom_once, with_kwargs=True)
 warnings = []
 logging.getLogger('zhtune.eval.choice').addHandler(type('H', (logging.Handler,), {'emit': lambda s, r: warnings.append(r.getMessage())})())
-got = [p.pred for p in score_choice(model, tok, questions, shots=2, batch_size=8, progress=False)]
+got = [p.pred for p in score_choice(model, tok, questions, shots=2, batch_tokens=2000, progress=False)]
 assert raised, 'no forward pass had more than one question'
 assert any('out of memory' in w for w in warnings), warnings
 assert got == expected, (got, expected)

@@ -84,9 +84,9 @@ def test_letter_token_that_merges_is_an_error(tiny_qwen_dir, monkeypatch):
 def test_cached_equals_uncached(tiny, shared_data, shots, chat):
     _, model, tok, family = tiny
     qs = questions(shared_data)
-    cached = score_choice(model, tok, qs, shots=shots, data_dir=shared_data, batch_size=3,
+    cached = score_choice(model, tok, qs, shots=shots, data_dir=shared_data, batch_tokens=300,
                           chat=chat, family=family, progress=False)
-    full = score_choice(model, tok, qs, shots=shots, data_dir=shared_data, batch_size=3,
+    full = score_choice(model, tok, qs, shots=shots, data_dir=shared_data, batch_tokens=300,
                         chat=chat, family=family, use_cache=False, progress=False)
     assert all(p.used_cache for p in cached), "prefix cache not used"
     assert not any(p.used_cache for p in full)
@@ -106,7 +106,7 @@ def test_matches_plain_forward(tiny, shared_data):
 
     _, model, tok, _ = tiny
     qs = questions(shared_data, per_subject=2)
-    preds = score_choice(model, tok, qs, shots=1, data_dir=shared_data, batch_size=4, progress=False)
+    preds = score_choice(model, tok, qs, shots=1, data_dir=shared_data, batch_tokens=400, progress=False)
     for q, p in zip(qs, preds):
         text = choice_prompt(q.benchmark, q.subject, few_shot_examples(q.benchmark, q.subject, 1, shared_data), q)
         ids = torch.tensor([tok(text)["input_ids"]])
@@ -122,8 +122,8 @@ def test_batch_grouping_restores_order(tiny, shared_data):
     _, model, tok, _ = tiny
     qs = questions(shared_data, per_subject=5)
     qs = qs[::-1]  # an order the length sort must undo
-    one = score_choice(model, tok, qs, shots=0, data_dir=shared_data, batch_size=1, progress=False)
-    many = score_choice(model, tok, qs, shots=0, data_dir=shared_data, batch_size=4, progress=False)
+    one = score_choice(model, tok, qs, shots=0, data_dir=shared_data, batch_tokens=1, progress=False)
+    many = score_choice(model, tok, qs, shots=0, data_dir=shared_data, batch_tokens=400, progress=False)
     assert [p.question for p in many] == qs
     for a, b in zip(one, many):
         assert [a.probs[x] for x in LETTERS] == pytest.approx([b.probs[x] for x in LETTERS], abs=1e-5)
@@ -194,9 +194,11 @@ def test_length_batches_bound_padding():
     lengths = [619, 541, 443, 392, 369, 356, 335, 333, 323, 284, 266, 231, 228, 214, 203, 201, 194,
                180, 151, 134, 123, 122, 116, 105, 101, 81]  # C-Eval accountant suffixes (SmolLM2)
     items = [choice._Item(i, [0] * n) for i, n in enumerate(lengths[::-1])]
-    batches = list(choice._length_batches(items, lambda it: len(it.ids), choice._BatchLimit(8)))
+    batches = list(choice._length_batches(items, lambda it: len(it.ids), choice._TokenBudget(1024)))
     assert sorted(it.index for b in batches for it in b) == list(range(len(lengths)))
-    assert all(len(b) <= 8 for b in batches)
+    assert all(len(b) * len(b[0].ids) <= 1024 for b in batches)  # padded tokens within the budget
+    tight = list(choice._length_batches(items, lambda it: len(it.ids), choice._TokenBudget(500)))
+    assert len(tight[0]) == 1 and len(tight[0][0].ids) == 619  # longer than the budget: alone
     real = sum(lengths)
     padded = sum(len(b) * len(b[0].ids) for b in batches)
     assert 1 - real / padded <= choice.MAX_PADDING  # plain chunks of 8 waste 28% here
@@ -205,44 +207,52 @@ def test_length_batches_bound_padding():
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
-def test_out_of_memory_halves_the_batch(tiny, shared_data, monkeypatch, caplog, use_cache):
+def test_out_of_memory_halves_the_token_budget(tiny, shared_data, monkeypatch, caplog, use_cache):
     """A batch that does not fit is split and retried; the scores are those of a run that fits."""
     _, model, tok, family = tiny
     qs = questions(shared_data, per_subject=10)
-    expected = score_choice(model, tok, qs, shots=1, data_dir=shared_data, batch_size=8,
-                            use_cache=use_cache, progress=False)
     real_run_body, seen = choice._run_body, []
 
+    def measured(body, input_ids, *args, **kwargs):
+        seen.append(input_ids.numel() if input_ids.shape[0] > 1 else 0)
+        return real_run_body(body, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(choice, "_run_body", measured)
+    expected = score_choice(model, tok, qs, shots=1, data_dir=shared_data, batch_tokens=2000,
+                            use_cache=use_cache, progress=False)
+    fits = max(seen) * 2 // 3  # tokens the simulated accelerator holds in one pass (the prefix: any)
+    seen.clear()
+
     def small_accelerator(body, input_ids, *args, **kwargs):
-        if input_ids.shape[0] > 2 and input_ids.shape[1] > 1:  # the prefix itself (batch 1) fits
+        if input_ids.shape[0] > 1 and input_ids.numel() > fits:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         seen.append(input_ids.shape[0])
         return real_run_body(body, input_ids, *args, **kwargs)
 
     monkeypatch.setattr(choice, "_run_body", small_accelerator)
     with caplog.at_level("WARNING", logger="zhtune.eval.choice"):
-        got = score_choice(model, tok, qs, shots=1, data_dir=shared_data, batch_size=8,
+        got = score_choice(model, tok, qs, shots=1, data_dir=shared_data, batch_tokens=2000,
                            use_cache=use_cache, progress=False)
     assert [p.pred for p in got] == [p.pred for p in expected]
     for a, b in zip(got, expected):
         for x in LETTERS:
             assert a.probs[x] == pytest.approx(b.probs[x], abs=1e-5)
-    assert max(seen) == 2 and sum(seen) >= len(qs)
-    # halved until it fits, once: later batches start at the reduced size instead of failing again
-    sizes = [int(r.getMessage().split()[4]) for r in caplog.records if "out of memory" in r.getMessage()]
-    assert sizes and sizes == sorted(sizes, reverse=True) and len(sizes) <= 2, sizes
-    assert all(n > 2 for n in sizes)
+    assert max(seen) > 1 and sum(seen) >= len(qs)
+    # halved until it fits: each budget fails at most once, later batches start at the reduced one
+    budgets = [int(r.getMessage().split()[-2]) for r in caplog.records if "out of memory" in r.getMessage()]
+    assert budgets and budgets == sorted(set(budgets), reverse=True), budgets
+    assert budgets[0] == 1000 and budgets[-1] >= fits // 2
 
 
 def test_out_of_memory_with_one_question_is_raised():
-    limit = choice._BatchLimit(4)
+    budget = choice._TokenBudget(4)
 
     def forward(part):
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
     with pytest.raises(torch.OutOfMemoryError):
-        limit.run([choice._Item(i, [1]) for i in range(4)], forward)
-    assert limit.size == 1
+        budget.run([choice._Item(i, [1]) for i in range(4)], forward, lambda it: len(it.ids))
+    assert budget.tokens == 1
 
 
 # ----------------------------------------------------------------------------- cloze
@@ -252,9 +262,9 @@ def test_out_of_memory_with_one_question_is_raised():
 def test_cloze_cached_equals_uncached(tiny, shared_data, shots, chat):
     _, model, tok, family = tiny
     qs = questions(shared_data, per_subject=2)
-    cached = choice.score_cloze(model, tok, qs, shots=shots, data_dir=shared_data, batch_size=3,
+    cached = choice.score_cloze(model, tok, qs, shots=shots, data_dir=shared_data, batch_tokens=300,
                                 chat=chat, family=family, progress=False)
-    full = choice.score_cloze(model, tok, qs, shots=shots, data_dir=shared_data, batch_size=3,
+    full = choice.score_cloze(model, tok, qs, shots=shots, data_dir=shared_data, batch_tokens=300,
                               chat=chat, family=family, use_cache=False, progress=False)
     assert all(p.used_cache for p in cached) and not any(p.used_cache for p in full)
     for a, b in zip(cached, full):
@@ -271,7 +281,7 @@ def test_cloze_matches_plain_forward(tiny, shared_data):
 
     _, model, tok, _ = tiny
     qs = questions(shared_data, per_subject=1)
-    preds = choice.score_cloze(model, tok, qs, shots=1, data_dir=shared_data, batch_size=2, progress=False)
+    preds = choice.score_cloze(model, tok, qs, shots=1, data_dir=shared_data, batch_tokens=200, progress=False)
     for q, p in zip(qs, preds):
         context = choice_prompt(q.benchmark, q.subject, few_shot_examples(q.benchmark, q.subject, 1, shared_data),
                                 q, formulation="cloze")

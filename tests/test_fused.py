@@ -10,7 +10,7 @@ import torch
 from zhtune.config import load_config
 from zhtune.errors import UserError
 from zhtune.train.collator import PackedCollator
-from zhtune.train.fused import (LoraLinearFunction, dropout_mask, labelled_loss,
+from zhtune.train.fused import (LoraLinearFunction, dropout_mask, keep_probability, labelled_loss,
                                 linear_cross_entropy, shifted_targets, supports_labelled_loss)
 from zhtune.train.lora import build_peft_model, lora_settings
 from zhtune.train.trainer import cpu_supports_bf16, resolve_precision
@@ -131,7 +131,7 @@ def test_fused_lora_dropout_matches_the_formula():
     assert 0 < mask.float().mean() < 1
     xr = x.detach().clone().requires_grad_(True)
     ar, br = a.detach().clone().requires_grad_(True), b.detach().clone().requires_grad_(True)
-    expected = xr @ w.t() + bias + ((xr * mask / (1 - p)) @ ar.t() @ br.t()) * s
+    expected = xr @ w.t() + bias + ((xr * mask / keep_probability(p)) @ ar.t() @ br.t()) * s
     torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)
     g = torch.randn_like(y)
     y.backward(g)
@@ -166,3 +166,19 @@ def test_precision_resolution():
         resolve_precision("fp16", cpu)
     with pytest.raises(Exception, match="precision"):
         load_config(None, ["train.precision=int8"])
+
+
+def test_dropout_mask_keeps_the_right_fraction():
+    """Independent draws at the stated rate, for sizes that are not multiples of four."""
+    torch.manual_seed(0)
+    x = torch.empty(1001, 999)
+    for p in (0.05, 0.1, 0.5):
+        first, second = dropout_mask(x, p), dropout_mask(x, p)
+        assert first.shape == x.shape and first.dtype == torch.bool
+        keep = keep_probability(p)
+        assert abs(keep - (1 - p)) <= 2**-17
+        sd = (keep * (1 - keep) / x.numel()) ** 0.5
+        for m in (first, second):
+            assert abs(m.float().mean().item() - keep) < 5 * sd
+        both = (first & second).float().mean().item()  # independent masks: P(both kept) = keep^2
+        assert abs(both - keep**2) < 5 * sd

@@ -200,11 +200,15 @@ def test_progress_bar_shows_step_loss_speed_and_eta_only_on_a_terminal():
 
 def test_bf16_loss_curve_stays_within_noise_of_fp32(tiny_llama_dir, shared_data, tmp_path):
     """bf16 autocast (train.precision) follows the fp32 loss curve step by step: same data, seed,
-    dropout masks; the gap stays well below the step-to-step movement of the curve itself."""
+    dropout masks; the gap stays well below the step-to-step movement of the curve itself.
+
+    lr 3e-3: at 1e-2 this LoRA (alpha/rank 4) trains in an unstable regime, where single steps
+    jump (grad norm x10) and any perturbation -- bf16 rounding, but as well another thread count
+    in fp32 -- can move the curve by 0.2; it also learns less there than at 3e-3."""
     curves = {}
     for precision in ("fp32", "bf16"):
         cfg = _cfg(tiny_llama_dir, "data.sample_size=16", "train.max_steps=24",
-                   "train.learning_rate=0.01", "lora.rank=16", "lora.alpha=64", "data.val_size=0",
+                   "train.learning_rate=0.003", "lora.rank=16", "lora.alpha=64", "data.val_size=0",
                    "train.save_steps=100", "train.warmup_ratio=0", f"train.precision={precision}")
         metrics = train_lora(cfg, tmp_path / precision, data_dir=shared_data)
         assert metrics["precision"] == precision
@@ -217,4 +221,4 @@ def test_bf16_loss_curve_stays_within_noise_of_fp32(tiny_llama_dir, shared_data,
     print("fp32", [round(x, 4) for x in fp32], "\nbf16", [round(x, 4) for x in bf16])
     assert max(gaps) < 0.1 and sum(gaps) / len(gaps) < 0.5 * movement, (gaps, movement)
     assert gaps[0] > 0 or gaps[-1] > 0  # bf16 really ran: its numbers are not fp32's
-    assert sum(bf16[-4:]) / 4 < sum(bf16[:4]) / 4 - 0.05  # and it learns
+    assert sum(bf16[-4:]) / 4 < sum(bf16[:4]) / 4 - 0.1  # and it learns

@@ -137,7 +137,11 @@ class EvalConfig(_Section):
     # At most N questions per benchmark, taken round-robin over subjects (every category stays
     # represented); for quick runs such as the CPU demo. None: no cap.
     max_per_benchmark: int | None = Field(None, gt=0)
-    batch_size: int = Field(8, gt=0)
+    batch_size: int = Field(8, gt=0, description=(
+        "GSM8K generation and bits per character: sequences per forward pass."))
+    batch_tokens: int = Field(4096, gt=0, description=(
+        "Multiple choice: question tokens per forward pass, padding included (the few-shot prefix is "
+        "shared, not counted). Bounds memory whatever the prompt length; halved on out-of-memory."))
     chat: bool = False  # wrap prompts in the model's chat template
     max_new_tokens: int = Field(256, gt=0)
     perplexity: bool = True

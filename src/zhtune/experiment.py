@@ -72,7 +72,7 @@ def stage_fingerprints(cfg: ExperimentConfig, data_dir: Path | None) -> dict[str
 
 def baseline_fingerprint(cfg: ExperimentConfig, data_dir: Path | None) -> str:
     model = cfg.model.model_dump(exclude={"device"})
-    ev = cfg.eval.model_dump(exclude={"adapter_scales", "batch_size"})
+    ev = cfg.eval.model_dump(exclude={"adapter_scales", "batch_size", "batch_tokens"})
     return fingerprint("baseline", model, ev, str(data_dir), __version__)
 
 
@@ -95,7 +95,7 @@ def run_experiment(cfg: ExperimentConfig, *, data_dir: str | Path | None = None,
     from zhtune.analysis.forgetting import compare_runs
     from zhtune.analysis.report import build_report
     from zhtune.data.sft import prepare_dataset
-    from zhtune.eval.suite import run_eval
+    from zhtune.eval.suite import check_eval_dtype, run_eval
     from zhtune.train.lora import train_lora
 
     data_dir = default_data_dir(data_dir or cfg.data.data_dir)
@@ -111,6 +111,7 @@ def run_experiment(cfg: ExperimentConfig, *, data_dir: str | Path | None = None,
         raise UserError(f"--force: unknown stage(s) {', '.join(sorted(unknown))}; "
                         f"stages are {', '.join(STAGES)} or all")
     forced = set(STAGES) if "all" in force else set(force)
+    check_eval_dtype(cfg.model)  # before training, not at the first evaluation after it
     res = ExperimentResult(out_dir=out, baseline_dir=baseline_dir(cfg, data_dir),
                            train_dir=out / "train", eval_dir=out / "eval",
                            compare_dir=out / "compare", report_dir=out / "report")

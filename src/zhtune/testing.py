@@ -6,6 +6,7 @@ Qwen2 one is byte-level BPE with ChatML special tokens and no BOS.
 """
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -48,10 +49,16 @@ def build_tokenizer(kind: str, data_dir: Path | None = None, vocab_size: int = 4
         tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
                                          decoders.Fuse(), decoders.Strip(" ", 1, 0)])
         byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
-        # A small alphabet: rare Chinese characters fall back to bytes, as with Llama-2.
+        # A small alphabet: rare Chinese characters fall back to bytes, as with Llama-2. Chosen
+        # here, ties by character: the trainer's own limit_alphabet breaks ties in hash order, so
+        # every process built a different tokenizer (and the tests a different tiny model).
+        corpus = _corpus(data_dir)
+        counts = Counter(ch for text in corpus for ch in text.replace(" ", "▁"))
+        alphabet = sorted(counts, key=lambda ch: (-counts[ch], ch))[:600]
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials + byte_tokens,
-                                      limit_alphabet=600, show_progress=False)
-        tok.train_from_iterator(_corpus(data_dir), trainer)
+                                      initial_alphabet=alphabet, limit_alphabet=len(alphabet),
+                                      show_progress=False)
+        tok.train_from_iterator(corpus, trainer)
         tok.post_processor = processors.TemplateProcessing(
             single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))])
         hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",

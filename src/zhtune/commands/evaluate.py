@@ -95,9 +95,12 @@ def register(app: typer.Typer) -> None:
         gsm8k_cot: Optional[bool] = typer.Option(None, "--gsm8k-cot/--no-gsm8k-cot",
             help="GSM8K with the 8 chain-of-thought exemplars."),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", "--batch_size", min=1,
-            help=flag_help("eval.batch_size", "Questions per forward pass")),
+            help=flag_help("eval.batch_size", "GSM8K generation and bits per character: sequences per forward pass")),
+        batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", min=1,
+            help=flag_help("eval.batch_tokens", "Multiple choice: question tokens per forward pass")),
         dtype: Optional[str] = typer.Option(None, "--dtype",
-            help="auto, float32, bfloat16 or float16 (auto: bf16 on GPUs, fp32 on CPU)."),
+            help="auto, float32, bfloat16 or float16 (auto: bf16 on GPUs, fp32 on CPU; on the CPU only "
+                 "float32 is allowed, see README)."),
         device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1, mps."),
         chat: Optional[bool] = typer.Option(None, "--chat/--no-chat",
             help="Wrap prompts in the model's chat template."),
@@ -137,7 +140,7 @@ def register(app: typer.Typer) -> None:
                        "trust_remote_code": trust_remote_code}
         eval_flags = {"benchmarks": split_list(benchmarks), "subjects": split_list(subjects),
                       "limit": limit, "shots": shots, "gsm8k_shots": gsm8k_shots, "gsm8k_cot": gsm8k_cot,
-                      "batch_size": batch_size, "chat": chat, "max_new_tokens": max_new_tokens,
+                      "batch_size": batch_size, "batch_tokens": batch_tokens, "chat": chat, "max_new_tokens": max_new_tokens,
                       "style": style, "formulation": formulation, "write_prompts": write_prompts,
                       "perplexity": False if no_perplexity else None,
                       "adapter_scales": _scales(adapter_scale)}

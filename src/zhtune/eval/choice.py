@@ -1,9 +1,11 @@
 """Multiple-choice scoring: letters from next-token logits, or option texts by log-likelihood (cloze).
 
-One forward pass per question. The few-shot prefix of a subject is run once and its KV cache is
-shared by every question of that subject; only the question suffixes go through the model again
-(right-padded, positions continued after the prefix). Only the last real position's hidden state
-goes through the LM head, so full-vocabulary logits are never materialised for every position.
+One forward pass per question. The few-shot prefix of a subject is run once (batch 1); the
+questions of the subject then attend to its keys and values without a copy of them per question
+(``zhtune.eval.shared_prefix``), their own tokens right-padded, positions continued after the prefix.
+A forward pass holds at most ``batch_tokens`` question tokens (padding included), so memory
+does not grow with prompt length x batch. Only the last real position's hidden state goes through
+the LM head, so full-vocabulary logits are never materialised for every position.
 
 The letter is scored as the token it is in the few-shot answers, which the style decides: lm-eval
 writes ``答案： A`` / ``Answer: A`` (target delimiter one space), C-Eval's and CMMLU's own code
@@ -13,10 +15,11 @@ logits is the argmax of lm-eval's four one-token log-likelihoods, so predictions
 
 Cloze (``score_cloze``): each option's text after the question, scored by its summed log-likelihood
 (``acc``) and that divided by its length in characters (``acc_norm``), as lm-eval's
-``multiple_choice`` tasks do. The question is run once against the subject's prefix cache, as for
+``multiple_choice`` tasks do. The question is run once against the subject's prefix, as for
 letters; its last position gives every option's first-token log-probability, and only the
-options' remaining tokens go through the model again, one option at a time against the cached
-prefix + question. So a cloze question costs the letter scoring plus its options' tokens.
+options' remaining tokens go through the model again, one option at a time, attending to the
+prefix and to their own question's keys and values. So a cloze question costs the letter scoring
+plus its options' tokens.
 """
 from __future__ import annotations
 
@@ -33,6 +36,7 @@ from zhtune.data.benchmarks import LETTERS, Question, is_multiple_choice
 from zhtune.data.prompts import common_prefix_len, encode_prompt
 from zhtune.data.specs import DEFAULT_STYLE
 from zhtune.eval.progress import progress_bar
+from zhtune.eval.shared_prefix import SharedContext, attend
 from zhtune.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -124,9 +128,10 @@ def _cache_kwarg(body) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def _run_body(body, input_ids, attention_mask, position_ids=None, cache=None, keep_cache=False):
+def _run_body(body, input_ids, attention_mask, position_ids=None, keep_cache=False, context=None):
+    """The decoder's last hidden states (and its cache); ``context``: see ``SharedContext``."""
     name = _cache_kwarg(body)
-    kwargs = {name: cache} if cache is not None else {}
+    kwargs = {"context": context} if context is not None else {}
     out = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                use_cache=keep_cache, **kwargs)
     return out.last_hidden_state, (getattr(out, name) if keep_cache else None)
@@ -148,17 +153,6 @@ def _pad_right(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor
     return ids.to(device), mask.to(device)
 
 
-def _expanded_cache(prefix_cache, batch: int, config):
-    """A fresh cache holding the prefix keys/values for ``batch`` sequences.
-
-    A new object per batch because a forward pass appends the suffix to the cache it is given."""
-    from transformers import DynamicCache
-
-    layers = [(layer.keys.expand(batch, -1, -1, -1), layer.values.expand(batch, -1, -1, -1))
-              for layer in prefix_cache.layers]
-    return DynamicCache(layers, config=config)
-
-
 # ----------------------------------------------------------------------------- scoring
 
 @dataclass
@@ -173,41 +167,46 @@ class _Item:
 MAX_PADDING = 0.1
 
 
-class _BatchLimit:
-    """Questions per forward pass, halved for the rest of the run when the accelerator runs out of
-    memory: a 5-shot prefix of 2,500 tokens (MMLU's history subjects) repeated for a batch of 16
-    is 20 GB of keys and values on a 7B model, which no batch size fits for every subject."""
+class _TokenBudget:
+    """Tokens per forward pass (rows x the longest row, padding included), halved for the rest of
+    the run when the accelerator runs out of memory. Bounding tokens rather than rows keeps memory
+    flat from short 0-shot questions to MMLU's long history passages."""
 
-    def __init__(self, size: int):
-        self.size = size
+    def __init__(self, tokens: int):
+        self.tokens = tokens
 
-    def run(self, chunk: list[_Item], forward) -> None:
-        """``forward(part)`` over ``chunk`` in parts of at most ``size``; on OOM, halve and retry."""
+    def rows(self, width: int) -> int:
+        return max(1, self.tokens // max(width, 1))
+
+    def run(self, chunk: list[_Item], forward, width) -> None:
+        """``forward(part)`` over ``chunk`` (longest first) in parts within the budget; on OOM,
+        halve the budget and retry."""
         start = 0
         while start < len(chunk):
-            part = chunk[start:start + self.size]
+            part = chunk[start:start + self.rows(width(chunk[start]))]
             try:
                 forward(part)
             except torch.OutOfMemoryError:
                 if len(part) == 1:
                     raise
-                self.size = (len(part) + 1) // 2
-                log.warning("out of memory with %d questions per forward pass; continuing with %d",
-                            len(part), self.size)
+                self.tokens = max(1, self.tokens // 2)
+                log.warning("out of memory with %d questions (%d tokens) per forward pass; "
+                            "continuing with at most %d tokens", len(part), len(part) * width(part[0]),
+                            self.tokens)
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 continue
             start += len(part)
 
 
-def _length_batches(items: list[_Item], length, limit: _BatchLimit) -> Iterator[list[_Item]]:
-    """Longest first, at most ``limit.size`` per batch (read as batches close, so a size halved
-    on OOM applies at once) and little padding in each."""
+def _length_batches(items: list[_Item], length, budget: _TokenBudget) -> Iterator[list[_Item]]:
+    """Longest first, within the token budget (read as batches close, so a budget halved on OOM
+    applies at once) and little padding in each."""
     batch: list[_Item] = []
     real = 0
     for it in sorted(items, key=length, reverse=True):
         n = length(it)
-        if batch and (len(batch) >= limit.size
+        if batch and (len(batch) >= budget.rows(length(batch[0]))
                       or 1 - (real + n) / (length(batch[0]) * (len(batch) + 1)) > MAX_PADDING):
             yield batch
             batch, real = [], 0
@@ -217,7 +216,7 @@ def _length_batches(items: list[_Item], length, limit: _BatchLimit) -> Iterator[
         yield batch
 
 
-def _score_full(*, body, head, items: list[_Item], letter_ids, batch_size: _BatchLimit, pad_id,
+def _score_full(*, body, head, items: list[_Item], letter_ids, budget: _TokenBudget, pad_id,
                 device, advance):
     """Reference path: each full prompt in one forward pass, batches grouped by length."""
     out: dict[int, torch.Tensor] = {}
@@ -227,8 +226,9 @@ def _score_full(*, body, head, items: list[_Item], letter_ids, batch_size: _Batc
         hidden, _ = _run_body(body, ids, mask)
         _collect(head, hidden, mask, chunk, letter_ids, out, advance)
 
-    for chunk in _length_batches(items, lambda it: len(it.ids), batch_size):
-        batch_size.run(chunk, forward)
+    width = (lambda it: len(it.ids))
+    for chunk in _length_batches(items, width, budget):
+        budget.run(chunk, forward, width)
     return out
 
 
@@ -241,29 +241,34 @@ def _collect(head, hidden, mask, chunk: list[_Item], letter_ids, out: dict, adva
     advance(len(chunk))
 
 
-def _score_with_prefix(*, body, head, config, prefix_ids: list[int], items: list[_Item], letter_ids,
-                       batch_size: _BatchLimit, pad_id, device, advance):
-    """The prefix once (batch 1), then the suffixes against its cache, batches grouped by length."""
+def _prefix_layers(body, prefix_ids: list[int], device) -> list:
+    """Each layer's keys and values (1, kv heads, P, head dim) of the few-shot prefix."""
+    p_ids = torch.tensor([prefix_ids], dtype=torch.long, device=device)
+    _, cache = _run_body(body, p_ids, torch.ones_like(p_ids), keep_cache=True)
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _score_with_prefix(*, body, head, prefix_ids: list[int], items: list[_Item], letter_ids,
+                       budget: _TokenBudget, pad_id, device, advance):
+    """The prefix once (batch 1), then the suffixes attending to it, batches grouped by length."""
     out: dict[int, torch.Tensor] = {}
     if not items:
         return out
-    p_ids = torch.tensor([prefix_ids], dtype=torch.long, device=device)
-    _, prefix_cache = _run_body(body, p_ids, torch.ones_like(p_ids), keep_cache=True)
+    context = SharedContext(prefix=_prefix_layers(body, prefix_ids, device))
     n_prefix = len(prefix_ids)
 
     def forward(chunk: list[_Item]) -> None:
         ids, mask = _pad_right([it.suffix for it in chunk], pad_id, device)
-        full_mask = torch.cat([torch.ones((len(chunk), n_prefix), dtype=mask.dtype, device=device),
-                               mask], dim=1)
         positions = torch.arange(n_prefix, n_prefix + ids.shape[1], device=device)
-        positions = positions.unsqueeze(0).expand(len(chunk), -1)
-        cache = _expanded_cache(prefix_cache, len(chunk), config)
-        hidden, _ = _run_body(body, ids, full_mask, positions, cache=cache, keep_cache=True)
-        del cache
+        # The mask only marks real tokens for whoever counts them: the attention is causal and the
+        # padding is at the end, where no real token sees it.
+        hidden, _ = _run_body(body, ids, mask, positions.unsqueeze(0).expand(len(chunk), -1),
+                              context=context)
         _collect(head, hidden, mask, chunk, letter_ids, out, advance)
 
-    for chunk in _length_batches(items, lambda it: len(it.suffix), batch_size):
-        batch_size.run(chunk, forward)
+    width = (lambda it: len(it.suffix))
+    for chunk in _length_batches(items, width, budget):
+        budget.run(chunk, forward, width)
     return out
 
 
@@ -327,7 +332,7 @@ def _scoring_setup(model, tokenizer, family, chat: bool):
 
 
 def score_choice(model, tokenizer, questions: list[Question], *, shots: int = 5, data_dir=None,
-                 batch_size: int = 8, chat: bool = False, family=None, use_cache: bool = True,
+                 batch_tokens: int = 4096, chat: bool = False, family=None, use_cache: bool = True,
                  progress: bool = True, style: str = DEFAULT_STYLE) -> list[ChoicePrediction]:
     """Predict the option letter of each question, in the order given.
 
@@ -348,13 +353,14 @@ def score_choice(model, tokenizer, questions: list[Question], *, shots: int = 5,
     letters = {b: [letter_token_ids(tokenizer, b, style)[x] for x in LETTERS]
                for b in {b for b, _ in groups}}
 
-    run = dict(body=body, head=head, batch_size=_BatchLimit(batch_size), pad_id=pad_id, device=device)
+    run = dict(body=body, head=head, budget=_TokenBudget(batch_tokens), pad_id=pad_id, device=device)
     probs: dict[int, torch.Tensor] = {}
     fallback: dict[str, list[_Item]] = defaultdict(list)  # per benchmark: scored with full prompts
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), progress_bar(len(questions), "multiple choice", progress) as advance:
+        with torch.inference_mode(), attend(body), \
+                progress_bar(len(questions), "multiple choice", progress) as advance:
             for (benchmark, subject), indices in groups.items():
                 head_text, texts = _subject_prompts(tokenizer, family, benchmark, subject,
                                                     [questions[i] for i in indices], shots, data_dir,
@@ -369,7 +375,7 @@ def score_choice(model, tokenizer, questions: list[Question], *, shots: int = 5,
                     prefix_ids = encode_prompt(tokenizer, head_text)
                     n = _shared_prefix(prefix_ids, items)
                     cached = [it for it in items if it.suffix is not None]
-                    probs.update(_score_with_prefix(config=model.config, prefix_ids=prefix_ids[:n],
+                    probs.update(_score_with_prefix(prefix_ids=prefix_ids[:n],
                                                     items=cached, letter_ids=letters[benchmark],
                                                     advance=advance, **run))
                 fallback[benchmark].extend(it for it in items if it.suffix is None)
@@ -407,56 +413,39 @@ def continuation_tokens(tokenizer, item_text: str, continuation: str) -> list[in
     return whole[len(ctx):]
 
 
-def _layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(layer.keys, layer.values) for layer in cache.layers]
-
-
-def _cache_from(layers, config):
-    from transformers import DynamicCache
-
-    return DynamicCache(list(layers), config=config)
-
-
-def _cloze_forward(*, body, head, config, prefix_layers, n_prefix: int, chunk: list[_ClozeItem],
-                   pad_id, device, out: dict, advance) -> None:
+def _cloze_forward(*, body, head, prefix_layers, n_prefix: int, chunk: list[_ClozeItem], pad_id,
+                   device, out: dict, advance) -> None:
     """Log-likelihoods of the four options of each question in ``chunk``.
 
-    1. The questions (right-padded) against the prefix cache: the last real position gives each
-       option's first-token log-probability, and the cache now holds prefix + question.
-    2. For each option k, its remaining tokens against a copy of that cache (padding inside it is
-       masked), positions continuing after each question's own length."""
+    1. The questions (right-padded) attending to the prefix: the last real position gives each
+       option's first-token log-probability; each layer's question keys and values are kept.
+    2. For each option k, its remaining tokens attending to the prefix and to their own question
+       (its padding masked), positions continuing after each question's own length."""
     b = len(chunk)
     ids, mask = _pad_right([it.suffix for it in chunk], pad_id, device)
     lengths = mask.sum(dim=1)
-    prefix_mask = torch.ones((b, n_prefix), dtype=mask.dtype, device=device)
     positions = torch.arange(n_prefix, n_prefix + ids.shape[1], device=device).unsqueeze(0).expand(b, -1)
-    cache = (_cache_from([(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in prefix_layers],
-                         config) if prefix_layers else None)
-    hidden, cache = _run_body(body, ids, torch.cat([prefix_mask, mask], dim=1), positions,
-                              cache=cache, keep_cache=True)
+    question = SharedContext(prefix=prefix_layers, keep=[])
+    hidden, _ = _run_body(body, ids, mask, positions, context=question)
     rows = torch.arange(b, device=hidden.device)
     first = torch.log_softmax(head(hidden[rows, lengths - 1]).float(), dim=-1)  # (B, V)
-    context_layers = _layers(cache)
-    del cache, hidden
-    context_mask = torch.cat([prefix_mask, mask], dim=1)
+    del hidden
+    options = SharedContext(prefix=prefix_layers, rows=question.keep, rows_mask=mask.bool())
     lls = torch.zeros((b, len(LETTERS)), dtype=torch.float64)
     for k in range(len(LETTERS)):
         for i, it in enumerate(chunk):
             if it.conts[k]:
                 lls[i, k] = float(first[i, it.conts[k][0]])
         rest = [it.conts[k][:-1] for it in chunk]  # inputs whose outputs predict tokens 2..n
-        width = max(len(r) for r in rest)
-        if width == 0:
+        if max(len(r) for r in rest) == 0:
             continue
         c_ids, c_mask = _pad_right([r or [pad_id] for r in rest], pad_id, device)
         for i, r in enumerate(rest):
             if not r:
                 c_mask[i, 0] = 0
         c_pos = (n_prefix + lengths).unsqueeze(1) + torch.arange(c_ids.shape[1], device=device)
-        hidden, _ = _run_body(body, c_ids, torch.cat([context_mask, c_mask], dim=1), c_pos,
-                              cache=_cache_from(context_layers, config), keep_cache=True)
-        real = c_mask.bool()
-        logp = torch.log_softmax(head(hidden[real]).float(), dim=-1)  # (real positions, V)
+        hidden, _ = _run_body(body, c_ids, c_mask, c_pos, context=options)
+        logp = torch.log_softmax(head(hidden[c_mask.bool()]).float(), dim=-1)  # (real positions, V)
         targets = torch.tensor([t for it in chunk for t in it.conts[k][1:]], dtype=torch.long,
                                device=logp.device)
         picked = logp.gather(1, targets.unsqueeze(1)).squeeze(1).double().cpu()
@@ -468,30 +457,26 @@ def _cloze_forward(*, body, head, config, prefix_layers, n_prefix: int, chunk: l
     advance(len(chunk))
 
 
-def _score_cloze_group(*, body, head, config, prefix_ids: list[int] | None, items: list[_ClozeItem],
-                       batch_size: _BatchLimit, pad_id, device, advance) -> dict[int, list[float]]:
+def _score_cloze_group(*, body, head, prefix_ids: list[int] | None, items: list[_ClozeItem],
+                       budget: _TokenBudget, pad_id, device, advance) -> dict[int, list[float]]:
     out: dict[int, list[float]] = {}
     if not items:
         return out
-    prefix_layers, n_prefix = None, 0
-    if prefix_ids:
-        p_ids = torch.tensor([prefix_ids], dtype=torch.long, device=device)
-        _, prefix_cache = _run_body(body, p_ids, torch.ones_like(p_ids), keep_cache=True)
-        prefix_layers, n_prefix = _layers(prefix_cache), len(prefix_ids)
+    prefix_layers = _prefix_layers(body, prefix_ids, device) if prefix_ids else None
 
     def forward(chunk: list[_ClozeItem]) -> None:
-        _cloze_forward(body=body, head=head, config=config, prefix_layers=prefix_layers,
-                       n_prefix=n_prefix, chunk=chunk, pad_id=pad_id, device=device, out=out,
-                       advance=advance)
+        _cloze_forward(body=body, head=head, prefix_layers=prefix_layers,
+                       n_prefix=len(prefix_ids or []), chunk=chunk, pad_id=pad_id, device=device,
+                       out=out, advance=advance)
 
-    length = (lambda it: len(it.suffix) + max(len(c) for c in it.conts))
-    for chunk in _length_batches(items, length, batch_size):
-        batch_size.run(chunk, forward)
+    width = (lambda it: len(it.suffix) + max(len(c) for c in it.conts))
+    for chunk in _length_batches(items, width, budget):
+        budget.run(chunk, forward, width)
     return out
 
 
 def score_cloze(model, tokenizer, questions: list[Question], *, shots: int = 5, data_dir=None,
-                batch_size: int = 8, chat: bool = False, family=None, use_cache: bool = True,
+                batch_tokens: int = 4096, chat: bool = False, family=None, use_cache: bool = True,
                 progress: bool = True, style: str = DEFAULT_STYLE) -> list[ClozePrediction]:
     """Each option's text scored by log-likelihood after the question (the cloze formulation).
 
@@ -507,14 +492,13 @@ def score_cloze(model, tokenizer, questions: list[Question], *, shots: int = 5, 
             raise ValueError(f"{q.key}: not a multiple-choice question")
         groups.setdefault((q.benchmark, q.subject), []).append(i)
 
-    run = dict(body=body, head=head, config=model.config, batch_size=_BatchLimit(batch_size),
-               pad_id=pad_id, device=device)
+    run = dict(body=body, head=head, budget=_TokenBudget(batch_tokens), pad_id=pad_id, device=device)
     lls: dict[int, list[float]] = {}
     fallback: list[_ClozeItem] = []
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode(), progress_bar(len(questions), "cloze", progress) as advance:
+        with torch.inference_mode(), attend(body), progress_bar(len(questions), "cloze", progress) as advance:
             for (benchmark, subject), indices in groups.items():
                 qs = [questions[i] for i in indices]
                 head_text, texts = _subject_prompts(tokenizer, family, benchmark, subject, qs, shots,

@@ -88,7 +88,7 @@ def _accuracy(model, tokenizer, family, benchmark: str, questions: list[Question
         from zhtune.eval.choice import score_choice
 
         preds = score_choice(model, tokenizer, questions, shots=probes.shots, data_dir=probes.data_dir,
-                             batch_size=batch_size, chat=False, family=family, progress=False,
+                             chat=False, family=family, progress=False,
                              style=probes.style)
     else:
         from zhtune.eval.generation import evaluate_gsm8k
