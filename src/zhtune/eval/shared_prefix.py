@@ -108,6 +108,9 @@ def shared_prefix_attention(module, query, key, value, attention_mask, scaling=N
     if context is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
                                       dropout=dropout, **kwargs)
+    if kwargs.get("sliding_window") or kwargs.get("softcap"):
+        raise NotImplementedError(f"{type(module).__name__}: sliding-window or soft-capped attention "
+                                  "is not supported by the shared-prefix scorer")
     layer = module.layer_idx
     if context.keep is not None:
         context.keep.append((key, value))
