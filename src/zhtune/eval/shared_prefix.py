@@ -7,10 +7,11 @@ prefix's, a concatenation that copies the whole prefix once per question and lay
 prefixes of 2,500 tokens x a batch of questions). Here the two parts of the softmax are computed
 separately and merged through their log-sum-exp, as Hydragen and cascade inference do:
 
-    out = (e^{m_p} o_p + e^{m_q} o_q) / (e^{m_p} l_p + e^{m_q} l_q)
+    out = (e^{s_p} o_p + e^{s_q} o_q) / (e^{s_p} + e^{s_q})
 
-with o, l, m the unnormalised output, the sum and the max of one part. The prefix part folds the
-batch into the rows of one matrix product per key-value head, so the prefix is read, never copied.
+with o the softmax output over one part's keys and s the log-sum-exp of its scores (on the CPU,
+torch's fused flash kernel returns both). The prefix part folds the batch into the rows of one
+attention per key-value head, so the prefix is read, never copied.
 
 Used through ``attend(body)`` (the model runs this attention while inside it) and the
 ``context=SharedContext(...)`` keyword of a decoder forward pass, which transformers hands down to
