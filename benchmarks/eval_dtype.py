@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import os
 import time
+from unittest import mock
 
 import torch
 
@@ -49,7 +50,7 @@ def main() -> None:
             return real_run_body(*a, **kw)
 
     def score(label: str, patch=None):
-        with (contextlib.nullcontext() if patch is None else _patched(choice, "_run_body", patch)):
+        with (contextlib.nullcontext() if patch is None else mock.patch.object(choice, "_run_body", patch)):
             t0 = time.perf_counter()
             preds = choice.score_choice(model, tok, questions, shots=args.shots, data_dir=args.data_dir,
                                         progress=False, style="lm-eval")
@@ -66,16 +67,6 @@ def main() -> None:
         diff = max(abs(a.probs[x] - b.probs[x]) for a, b in zip(preds, ref) for x in a.probs)
         print(f"{label:14s} identical {same}/{len(ref)} = {100 * same / len(ref):.1f}%, largest "
               f"probability difference {diff:.4f}, {seconds:.1f} s ({ref_seconds / seconds:.2f}x fp32)")
-
-
-@contextlib.contextmanager
-def _patched(module, name, value):
-    old = getattr(module, name)
-    setattr(module, name, value)
-    try:
-        yield
-    finally:
-        setattr(module, name, old)
 
 
 if __name__ == "__main__":

@@ -198,6 +198,11 @@ class _TokenBudget:
                 continue
             start += len(part)
 
+    def run_all(self, items: list[_Item], forward, width) -> None:
+        """``forward`` over ``items`` in length batches within the budget (``_length_batches``)."""
+        for chunk in _length_batches(items, width, self):
+            self.run(chunk, forward, width)
+
 
 def _length_batches(items: list[_Item], length, budget: _TokenBudget) -> Iterator[list[_Item]]:
     """Longest first, within the token budget (read as batches close, so a budget halved on OOM
@@ -226,9 +231,7 @@ def _score_full(*, body, head, items: list[_Item], letter_ids, budget: _TokenBud
         hidden, _ = _run_body(body, ids, mask)
         _collect(head, hidden, mask, chunk, letter_ids, out, advance)
 
-    width = (lambda it: len(it.ids))
-    for chunk in _length_batches(items, width, budget):
-        budget.run(chunk, forward, width)
+    budget.run_all(items, forward, lambda it: len(it.ids))
     return out
 
 
@@ -266,9 +269,7 @@ def _score_with_prefix(*, body, head, prefix_ids: list[int], items: list[_Item],
                               context=context)
         _collect(head, hidden, mask, chunk, letter_ids, out, advance)
 
-    width = (lambda it: len(it.suffix))
-    for chunk in _length_batches(items, width, budget):
-        budget.run(chunk, forward, width)
+    budget.run_all(items, forward, lambda it: len(it.suffix))
     return out
 
 
@@ -469,9 +470,7 @@ def _score_cloze_group(*, body, head, prefix_ids: list[int] | None, items: list[
                        n_prefix=len(prefix_ids or []), chunk=chunk, pad_id=pad_id, device=device,
                        out=out, advance=advance)
 
-    width = (lambda it: len(it.suffix) + max(len(c) for c in it.conts))
-    for chunk in _length_batches(items, width, budget):
-        budget.run(chunk, forward, width)
+    budget.run_all(items, forward, lambda it: len(it.suffix) + max(len(c) for c in it.conts))
     return out
 
 

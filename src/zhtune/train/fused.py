@@ -124,9 +124,14 @@ def supports_labelled_loss(model) -> bool:
 # Fused LoRA linear
 
 
+def _dropped_of_65536(p: float) -> int:
+    """The dropout rate the masks realise, in units of 2^-16 (|error| <= 7.6e-6)."""
+    return round(p * 65536)
+
+
 def keep_probability(p: float) -> float:
-    """P(keep) of ``dropout_mask``: 1 - p with p rounded to a multiple of 2^-16 (|error| <= 7.6e-6)."""
-    return 1.0 - round(p * 65536) / 65536
+    """P(keep) of ``dropout_mask``: 1 - p with p rounded to a multiple of 2^-16."""
+    return 1.0 - _dropped_of_65536(p) / 65536
 
 
 def dropout_mask(x: torch.Tensor, p: float) -> torch.Tensor:
@@ -137,7 +142,7 @@ def dropout_mask(x: torch.Tensor, p: float) -> torch.Tensor:
     a third of that. P(keep) is ``keep_probability(p)``."""
     n = x.numel()
     words = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
-    return (words.view(torch.int16)[:n] >= round(p * 65536) - 32768).view(x.shape)
+    return (words.view(torch.int16)[:n] >= _dropped_of_65536(p) - 32768).view(x.shape)
 
 
 class _LastCast:
