@@ -182,3 +182,86 @@ def test_dropout_mask_keeps_the_right_fraction():
             assert abs(m.float().mean().item() - keep) < 5 * sd
         both = (first & second).float().mean().item()  # independent masks: P(both kept) = keep^2
         assert abs(both - keep**2) < 5 * sd
+
+
+def test_silu_mul_matches_autograd_and_keeps_two_tensors():
+    from zhtune.train.fused_mlp import SiluMul
+
+    torch.manual_seed(0)
+    gate, up = torch.randn(7, 12, requires_grad=True), torch.randn(7, 12, requires_grad=True)
+    grad = torch.randn(7, 12)
+    saved = []
+
+    def count(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
+        want = torch.nn.functional.silu(gate) * up
+    n_autograd, saved[:] = len(saved), []
+    with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
+        got = SiluMul.apply(gate, up)
+    assert (n_autograd, len(saved)) == (3, 2)  # gate, silu(gate), up -> gate, up
+    torch.testing.assert_close(got, want)
+    for g, w in zip(torch.autograd.grad(got, (gate, up), grad), torch.autograd.grad(want, (gate, up), grad)):
+        torch.testing.assert_close(g, w)
+
+
+def test_gated_mlps_of_both_families_are_fused(tiny_model_dir):
+    """Every decoder MLP goes through SiluMul; same output as the model's own forward."""
+    from transformers import AutoModelForCausalLM
+
+    from zhtune.train.fused_mlp import fuse_gated_mlps
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    ids = torch.randint(3, 100, (2, 9))
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+        assert fuse_gated_mlps(model) == model.config.num_hidden_layers
+        torch.testing.assert_close(model(input_ids=ids).logits, want)
+
+
+def test_the_head_is_not_run_nor_cast_inside_labelled_loss(tiny_llama_dir):
+    """Under bf16 autocast no bf16 copy of the head matrix is kept for backward; the head works
+    as before afterwards."""
+    model = _peft_model(tiny_llama_dir, fused=True)
+    head = model.get_output_embeddings()
+    inputs = _packed_batch(vocab=200)
+    labels = inputs.pop("labels")
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            labelled_loss(model, head, inputs, labels, contextlib.nullcontext())
+    assert saved and not [t for t in saved if t.numel() == head.weight.numel()]
+    h = torch.randn(3, head.in_features)
+    torch.testing.assert_close(head(h), h @ head.weight.t())
+    assert "forward" not in head.__dict__
+
+
+def test_frozen_weights_stored_in_bf16_train_as_under_autocast(tiny_model_dir):
+    """Storing the frozen base weights in bf16 changes nothing under bf16 autocast (it casts them
+    anyway): same loss, same LoRA gradients; without autocast the model still runs (the probes)."""
+    from zhtune.train.fused import store_frozen_weights_in
+
+    results = []
+    for store in (False, True):
+        model = _peft_model(tiny_model_dir, fused=True, dropout=0.1)
+        if store:
+            n = store_frozen_weights_in(model, torch.bfloat16)
+            assert n == 7 * model.config.num_hidden_layers
+            assert {p.dtype for n_, p in model.named_parameters() if "base_layer" in n_} == {torch.bfloat16}
+            assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+        inputs = _packed_batch(vocab=200)
+        labels = inputs.pop("labels")
+        torch.manual_seed(3)  # the same dropout masks
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, n_labelled, _ = labelled_loss(model, model.get_output_embeddings(), inputs, labels,
+                                                contextlib.nullcontext())
+        (loss / n_labelled).backward()
+        results.append((loss.detach(), _grads(model)))
+        with torch.no_grad():
+            assert torch.isfinite(model.eval()(**inputs).logits).all()
+    torch.testing.assert_close(results[1][0], results[0][0], atol=0, rtol=0)
+    assert results[0][1].keys() == results[1][1].keys()
+    for name, g in results[0][1].items():
+        torch.testing.assert_close(results[1][1][name], g, atol=0, rtol=0, msg=name)

@@ -33,7 +33,7 @@ from zhtune.errors import UserError
 from zhtune.io import atomic_write_json, default_data_dir, read_json
 from zhtune.train.checkpoints import RUN_FILE, checkpoint_step, latest_checkpoint, lock_output, run_fingerprint
 from zhtune.train.trainer import (JsonlLogCallback, RichProgressCallback, ZhtuneTrainer, build_training_args,
-                                  resolve_precision, return_freed_memory_to_os)
+                                  resolve_precision)
 
 log = logging.getLogger(__name__)
 
@@ -185,14 +185,17 @@ def setup_model(run: TrainingRun, data: TrainingData) -> TrainingModel:
     from zhtune.models.families import ensure_chat_template
     from zhtune.models.loading import load_model
 
-    if run.args.device.type == "cpu":
-        return_freed_memory_to_os()  # before the model and the first activations are allocated
     loaded = load_model(run.cfg.model.model_copy(update={"device": str(run.args.device)}), for_training=True)
     run.tokenizer = loaded.tokenizer
     if data.manifest["template"] == "chat":
         ensure_chat_template(run.tokenizer, run.family)  # the adapter's tokenizer speaks the trained format
     set_seed(run.cfg.train.seed)  # LoRA A matrices are drawn at random: same seed, same start
-    model, targets = build_peft_model(loaded.model, run.cfg, run.settings, fused=not run.cfg.train.deepspeed)
+    fused = not run.cfg.train.deepspeed
+    model, targets = build_peft_model(loaded.model, run.cfg, run.settings, fused=fused)
+    if fused and run.precision != "fp32":
+        from zhtune.train.fused import store_frozen_weights_in
+
+        store_frozen_weights_in(model, torch.bfloat16 if run.precision == "bf16" else torch.float16)
     trainable, total = model.get_nb_trainable_parameters()
     log.info("LoRA r=%s alpha=%s on %s: %d trainable of %d parameters (%.3f%%), %s", run.settings["rank"],
              run.settings["alpha"], ",".join(targets), trainable, total, 100 * trainable / total, run.precision)
@@ -323,7 +326,10 @@ def build_peft_model(model, cfg: ExperimentConfig, settings: dict, fused: bool =
     """Wrap ``model`` with LoRA adapters as configured; returns (peft model, target module names).
 
     ``fused``: LoRA layers run through ``zhtune.train.fused.LoraLinearFunction`` (same result,
-    a third of PEFT's activation memory); the adapter and its state dict are PEFT's either way.
+    a third of PEFT's activation memory), gated MLPs through ``zhtune.train.fused_mlp`` (one saved
+    tensor fewer) and packed rows through ``zhtune.train.packed_attention`` (one causal attention
+    per sample instead of a masked one over the whole row); the adapter and its state dict are
+    PEFT's either way.
 
     Also turns the KV cache off: packed rows rely on the block-diagonal mask that transformers
     derives from ``position_ids``, and it only does so when no cache is in use (with the cache on,
@@ -343,8 +349,12 @@ def build_peft_model(model, cfg: ExperimentConfig, settings: dict, fused: bool =
     peft_model = get_peft_model(model, peft_cfg)
     if fused:
         from zhtune.train.fused import fuse_lora_layers
+        from zhtune.train.fused_mlp import fuse_gated_mlps
+        from zhtune.train.packed_attention import use_packed_attention
 
         fuse_lora_layers(peft_model)
+        fuse_gated_mlps(peft_model)
+        use_packed_attention(model)
     return peft_model, targets
 
 

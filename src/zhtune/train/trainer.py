@@ -234,30 +234,3 @@ def deepspeed_config(spec: str | None) -> str | None:
         raise UserError("train.deepspeed is set but DeepSpeed is not installed "
                         "(pip install deepspeed; it needs CUDA GPUs)") from None
     return str(path)
-
-
-# glibc's M_MMAP_THRESHOLD (malloc.h). Allocations at least this large get their own mapping.
-_M_MMAP_THRESHOLD = -3
-
-
-MMAP_THRESHOLD_BYTES = 512 * 1024
-
-
-def return_freed_memory_to_os() -> bool:
-    """Make glibc give every freed tensor of >= 512 KB back to the OS at once (Linux, CPU training).
-
-    By default glibc raises its mmap threshold to the size of the largest block freed so far (up to
-    32 MB), so after the first step every activation (1-6 MB each here) lives in the heap, where
-    the freed ones fragment and stay in RSS: SmolLM2's steady-state peak was 4.0 GB for 2.7 GB of
-    live tensors (measured; README, "Training speed and memory"). A fixed threshold keeps each
-    large tensor in its own mapping, returned when freed, for the cost of fresh zeroed pages per
-    allocation. Process-wide, which suits a training process; returns False where not glibc.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
-    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl without mallopt)
-        return False
