@@ -2,9 +2,9 @@
 
 A packed row holds several samples, its position ids restarting at 0 for each (zhtune.data.sft).
 transformers turns that into a (batch, 1, L, L) block-diagonal causal mask for sdpa, and the fused
-kernel then computes all L x L scores of the row and masks most of them away: SmolLM2's rows of 512
-tokens hold about three samples, so 512² scores are computed for about 3 x 170² / 2 needed (the
-causal half of each sample's block). Here each sample's slice of the row runs sdpa with
+kernel then computes all L x L scores of the row and masks most of them away: BELLE packs about
+two samples into a row of 512 tokens, so 512² scores are computed where about 2 x 256² / 2 are
+needed (the causal half of each sample's block). Here each sample's slice of the row runs sdpa with
 ``is_causal=True``: the same softmax over the same keys, a fraction of the work, no mask in memory.
 
 The slices are taken with ``split`` and put back with ``cat``, so that the backward pass
