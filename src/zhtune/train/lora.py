@@ -32,8 +32,8 @@ from zhtune.config import ExperimentConfig, ModelConfig, config_to_dict, save_re
 from zhtune.errors import UserError
 from zhtune.io import atomic_write_json, default_data_dir, read_json
 from zhtune.train.checkpoints import RUN_FILE, checkpoint_step, latest_checkpoint, lock_output, run_fingerprint
-from zhtune.train.trainer import (JsonlLogCallback, RichProgressCallback, ZhtuneTrainer, build_training_args,
-                                  resolve_precision)
+from zhtune.train.trainer import (JsonlLogCallback, RichProgressCallback, ZhtuneTrainer, autocast_dtype,
+                                  build_training_args, resolve_precision)
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def setup_model(run: TrainingRun, data: TrainingData) -> TrainingModel:
     if fused and run.precision != "fp32":
         from zhtune.train.fused import store_frozen_weights_in
 
-        store_frozen_weights_in(model, torch.bfloat16 if run.precision == "bf16" else torch.float16)
+        store_frozen_weights_in(model, autocast_dtype(run.precision))
     trainable, total = model.get_nb_trainable_parameters()
     log.info("LoRA r=%s alpha=%s on %s: %d trainable of %d parameters (%.3f%%), %s", run.settings["rank"],
              run.settings["alpha"], ",".join(targets), trainable, total, 100 * trainable / total, run.precision)

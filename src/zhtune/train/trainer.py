@@ -143,8 +143,12 @@ class ZhtuneTrainer(Trainer):
 
         if self.precision == "fp32":
             return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(self.args.device.type, dtype=dtype)
+        return torch.autocast(self.args.device.type, dtype=autocast_dtype(self.precision))
+
+
+def autocast_dtype(precision: str) -> torch.dtype:
+    """The autocast dtype of a resolved ``train.precision`` other than fp32 (bf16 or fp16)."""
+    return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
 def cpu_supports_bf16(cpuinfo: str | None = None) -> bool:
