@@ -66,8 +66,10 @@ def load_model(cfg: ModelConfig | str, for_training: bool = False) -> LoadedMode
     """Resolve ``cfg.name_or_path`` to a local safetensors folder and load model + tokenizer."""
     from transformers import AutoModelForCausalLM
 
+    from zhtune.models.cpu_math import resolve_math_kernels
     from zhtune.models.sources import resolve_model
 
+    resolve_math_kernels()  # before any model runs: MKL's first-call race, see cpu_math
     if isinstance(cfg, str):
         cfg = ModelConfig(name_or_path=cfg)
     path = resolve_model(cfg.name_or_path, revision=cfg.revision)
