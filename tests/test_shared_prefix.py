@@ -27,8 +27,7 @@ def _reference(q, k, v, allowed):
 def test_prefix_rows_and_own_tokens_merge_to_plain_attention(monkeypatch, chunk, kernel):
     monkeypatch.setattr(shared_prefix, "CHUNK_ELEMENTS", chunk)
     if kernel == "plain":
-        monkeypatch.setattr(shared_prefix, "_attention", lambda q, k, v, scaling, causal=False, mask=None:
-                            shared_prefix._manual(q, k, v, scaling, causal, mask))
+        monkeypatch.setattr(shared_prefix, "_fused_kernel", lambda q: False)
     torch.manual_seed(0)
     b, h, hkv, d, p, c, s = 3, 6, 2, 8, 11, 5, 4
     q = torch.randn(b, h, s, d)

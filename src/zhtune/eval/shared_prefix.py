@@ -63,18 +63,24 @@ def _manual(q, k, v, scaling: float, causal: bool, mask) -> tuple[torch.Tensor, 
     return torch.matmul(weights.to(v.dtype), v), lse
 
 
+def _fused_kernel(q: torch.Tensor) -> bool:
+    return q.device.type == "cpu"
+
+
 def _attention(q, k, v, scaling: float, causal: bool = False, mask=None):
-    """(output, log-sum-exp) of q (B, H, L, D) over k, v (B, H, Lk, D); ``mask`` (bool, broadcast
-    to the scores): True where a key may be seen. On the CPU, torch's fused flash kernel, which
-    returns the log-sum-exp; elsewhere the plain computation."""
+    """(output, log-sum-exp) of q (B, H, L, D) over k, v (B, Hkv, Lk, D), H a multiple of Hkv
+    (grouped-query attention); ``mask`` (bool, broadcast to the scores): True where a key may be
+    seen. On the CPU, torch's fused flash kernel, which returns the log-sum-exp and reads each
+    key-value head for its query heads without a copy; elsewhere the plain computation."""
     k, v = k.to(q.dtype), v.to(q.dtype)  # under autocast the parts can come in different dtypes
-    if q.device.type == "cpu":
+    if _fused_kernel(q):
         if mask is not None:  # the kernel takes an additive mask of the query's dtype
             mask = torch.zeros(mask.shape, dtype=q.dtype).masked_fill_(~mask, float("-inf"))
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             q, k, v, 0.0, causal, attn_mask=mask, scale=scaling)
         return out, lse
-    return _manual(q, k, v, scaling, causal, mask)
+    g = q.shape[1] // k.shape[1]
+    return _manual(q, k.repeat_interleave(g, 1), v.repeat_interleave(g, 1), scaling, causal, mask)
 
 
 def _prefix_part(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float):
@@ -115,17 +121,13 @@ def shared_prefix_attention(module, query, key, value, attention_mask, scaling=N
     layer = module.layer_idx
     if context.keep is not None:
         context.keep.append((key, value))
-    h, d = query.shape[1], query.shape[3]
-    g = h // key.shape[1]  # query heads per key-value head (grouped-query attention)
-    scaling = d ** -0.5 if scaling is None else scaling
-    parts = [_attention(query, key.repeat_interleave(g, 1), value.repeat_interleave(g, 1), scaling,
-                        causal=True)]
+    scaling = query.shape[3] ** -0.5 if scaling is None else scaling
+    parts = [_attention(query, key, value, scaling, causal=True)]
     if context.prefix is not None:
         parts.append(_prefix_part(query, *context.prefix[layer], scaling))
     if context.rows is not None:
         rk, rv = context.rows[layer]
-        parts.append(_attention(query, rk.repeat_interleave(g, 1), rv.repeat_interleave(g, 1), scaling,
-                                mask=context.rows_mask.bool()[:, None, None, :]))
+        parts.append(_attention(query, rk, rv, scaling, mask=context.rows_mask.bool()[:, None, None, :]))
     out = _merge(parts).to(query.dtype)
     return out.transpose(1, 2).contiguous(), None
 
