@@ -64,6 +64,7 @@ def _manual(q, k, v, scaling: float, causal: bool, mask) -> tuple[torch.Tensor, 
 
 
 def _fused_kernel(q: torch.Tensor) -> bool:
+    """Where torch's fused kernel that also returns the log-sum-exp runs: the CPU (tests switch it off)."""
     return q.device.type == "cpu"
 
 
