@@ -81,7 +81,9 @@ def _attention(q, k, v, scaling: float, causal: bool = False, mask=None):
             q, k, v, 0.0, causal, attn_mask=mask, scale=scaling)
         return out, lse
     g = q.shape[1] // k.shape[1]
-    return _manual(q, k.repeat_interleave(g, 1), v.repeat_interleave(g, 1), scaling, causal, mask)
+    if g > 1:  # repeat_interleave copies even once; the prefix part's folded rows have g == 1
+        k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+    return _manual(q, k, v, scaling, causal, mask)
 
 
 def _prefix_part(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float):
