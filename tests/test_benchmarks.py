@@ -7,6 +7,7 @@ import datasets
 import pytest
 
 from zhtune.data import benchmarks as B
+from zhtune.data.check import check_data_dir
 from zhtune.data.benchmarks import CATEGORIES, UserError, load_benchmark
 
 
@@ -218,7 +219,7 @@ def test_check_data_dir_collects_every_problem(tmp_path):
     _write(tmp_path / "ceval/test/law_test.csv", "id,question,A,B,C,D\n0,q,a,b,c,d\n")
     _write(tmp_path / "mmlu/test/astrology_test.csv", "q,a,b,c,d,A\n")
     _write(tmp_path / "mmlu/test/anatomy_test.csv", "q,a,b,c,d,A\nq,a,b,c\n")
-    report = B.check_data_dir(tmp_path)
+    report = check_data_dir(tmp_path)
     assert not report.ok
     text = "\n".join(report.errors)
     assert "law_val.csv: row 2 (line 2): empty question" in text
@@ -235,7 +236,7 @@ def test_check_data_dir_collects_every_problem(tmp_path):
 def test_check_data_dir_verifies_checksums(tmp_path):
     _write(tmp_path / "gsm8k/test.jsonl", '{"question": "1+1?", "answer": "#### 2"}\n')
     _write(tmp_path / "SHA256SUMS", "0" * 64 + "  ./gsm8k/test.jsonl\n")
-    report = B.check_data_dir(tmp_path)
+    report = check_data_dir(tmp_path)
     assert report.errors == [f"{tmp_path / './gsm8k/test.jsonl'}: sha256 differs from SHA256SUMS"]
 
 

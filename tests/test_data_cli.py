@@ -13,6 +13,7 @@ from test_benchmarks import FakeHub
 from zhtune.cli import app
 from zhtune.data import download as data_cmd
 from zhtune.data import benchmarks as B
+from zhtune.data.check import check_data_dir
 
 runner = CliRunner()
 
@@ -110,7 +111,7 @@ def test_download_layout_reads_back_identically(tmp_path, fake_hub):
     info = manifest["sources"]["belle"]
     assert len(belle) + info["skipped_empty"] == 10 and info["available"] == 30
     assert all(set(r) == {"instruction", "input", "output"} and r["output"] for r in belle)
-    assert B.check_data_dir(out).checksums_verified == len(manifest["files"])
+    assert check_data_dir(out).checksums_verified == len(manifest["files"])
 
 
 def test_belle_sample_is_seeded(tmp_path, fake_hub):

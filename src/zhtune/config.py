@@ -25,44 +25,51 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    # A local folder, a hub id, "modelscope:ORG/NAME", a .gguf file or "builtin:NAME".
-    name_or_path: str = "builtin:smollm2-135m-instruct"
-    revision: str | None = None
-    family: str | None = None  # None: detected from config.json
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
-    trust_remote_code: bool = False
+    name_or_path: str = Field("builtin:smollm2-135m-instruct", description=(
+        "Base model: a local folder, a hub id, modelscope:ORG/NAME, a .gguf file or builtin:NAME."))
+    revision: str | None = Field(None, description="Hub / ModelScope revision (branch, tag or commit).")
+    family: str | None = Field(None, description=(
+        "Model family record (chat format, stops, LoRA defaults); None: detected from config.json."))
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="dtype the weights are loaded in; auto: the checkpoint's.")
+    device: str = Field("auto", description="Device of this process: auto, cpu, cuda, cuda:1 or mps.")
+    trust_remote_code: bool = Field(False, description=(
+        "Run Python code shipped with the checkpoint (off: only architectures transformers knows)."))
 
 
 class ReplayConfig(_Section):
-    # Fraction of the training mix drawn from English instructions (0 = no replay).
-    ratio: float = Field(0.0, ge=0.0, lt=1.0)
-    source: str = "alpaca/alpaca_en_demo.json"
+    ratio: float = Field(0.0, ge=0.0, lt=1.0, description=(
+        "Fraction of the training mix drawn from English instructions (0: no replay)."))
+    source: str = Field("alpaca/alpaca_en_demo.json", description=(
+        "English instruction file for replay, relative to the data folder or absolute."))
 
 
 class DataConfig(_Section):
-    # Where local benchmark and instruction files live; ZHTUNE_DATA_DIR when None.
-    data_dir: str | None = None
-    # Training sources: files (relative to data_dir or absolute), folders, or hub ids.
-    train: list[str] = Field(default_factory=lambda: ["belle/dev1K.json"])
-    sample_size: int | None = Field(None, gt=0)  # seeded sample, as --belle_sample_size
-    max_length: int = Field(512, gt=8)
-    val_size: float = Field(0.05, ge=0.0, lt=1.0)  # held-out fraction for validation loss
-    packing: bool = True
-    chat_format: bool = True  # use the family's chat format; False: plain instruction template
-    seed: int = 42
-    replay: ReplayConfig = Field(default_factory=ReplayConfig)
+    data_dir: str | None = Field(None, description=(
+        "Local folder of benchmark and instruction files in the official release layout; None: "
+        "ZHTUNE_DATA_DIR, else the hub."))
+    train: list[str] = Field(default_factory=lambda: ["belle/dev1K.json"], description=(
+        "Training sources: files (relative to the data folder or absolute), folders, or hub ids."))
+    sample_size: int | None = Field(None, gt=0, description=(
+        "Seeded sample of the instruction records (as --belle_sample_size); None: all."))
+    max_length: int = Field(512, gt=8, description="Tokens per sample / packed row.")
+    val_size: float = Field(0.05, ge=0.0, lt=1.0, description="Held-out fraction for the validation loss.")
+    packing: bool = Field(True, description="Pack several samples into one row (attention stays per sample).")
+    chat_format: bool = Field(True, description=(
+        "Format samples in the family's chat format; off: the plain instruction template."))
+    seed: int = Field(42, description="Seed of the sample, the shuffle and the validation split.")
+    replay: ReplayConfig = Field(default_factory=ReplayConfig, description="English replay mixed into training.")
 
 
 class LoraConfig(_Section):
-    # None: the model family's documented default (Qwen r=8, alpha=32; Llama r=16, alpha=32).
-    rank: int | None = Field(None, gt=0)
-    alpha: float | None = Field(None, gt=0)
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    # A preset ("all", "attention", "mlp") or explicit module names.
-    targets: str | list[str] = "all"
-    use_rslora: bool = False
-    use_dora: bool = False
+    rank: int | None = Field(None, gt=0, description=(
+        "LoRA rank r; None: the family's documented default (Qwen 8, Llama 16)."))
+    alpha: float | None = Field(None, gt=0, description="LoRA alpha; None: the family's default (32).")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    targets: str | list[str] = Field("all", description=(
+        "Modules that get adapters: a preset (all, attention, mlp) or explicit module names."))
+    use_rslora: bool = Field(False, description="Rank-stabilised scaling alpha/sqrt(r) instead of alpha/r.")
+    use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA); slower, plain PEFT path.")
 
     @field_validator("targets")
     @classmethod
@@ -73,40 +80,44 @@ class LoraConfig(_Section):
 
 
 class ProbeConfig(_Section):
-    every_steps: int | None = Field(None, gt=0)  # None: no probes during training
-    ceval_questions: int = Field(40, ge=0)
-    mmlu_questions: int = Field(40, ge=0)
-    # Questions per benchmark, any benchmark with a spec ({cmmlu: 40, mmlu: 40}); None: C-Eval
-    # ceval_questions and MMLU mmlu_questions.
-    benchmarks: dict[str, int] | None = None
-    perplexity_chars: int = Field(4000, ge=0)
-    keep_best: bool = False  # keep the checkpoint with the best zh-gain / en-loss trade-off
-    min_english_retention: float | None = Field(None, gt=0.0, le=1.0)  # stop early below this
+    every_steps: int | None = Field(None, gt=0, description=(
+        "Run the forgetting probes every N optimizer steps; None: no probes during training."))
+    ceval_questions: int = Field(40, ge=0, description="C-Eval probe questions (when benchmarks is None).")
+    mmlu_questions: int = Field(40, ge=0, description="MMLU probe questions (when benchmarks is None).")
+    benchmarks: dict[str, int] | None = Field(None, description=(
+        "Probe questions per benchmark, any benchmark with a spec ({cmmlu: 40, mmlu: 40}); None: "
+        "ceval_questions of C-Eval and mmlu_questions of MMLU."))
+    perplexity_chars: int = Field(4000, ge=0, description="Characters of held-out zh / en text for the bits-per-character probe.")
+    keep_best: bool = Field(False, description="Keep the checkpoint with the best Chinese-gain / English-loss trade-off.")
+    min_english_retention: float | None = Field(None, gt=0.0, le=1.0, description=(
+        "Stop training early when English probe accuracy falls below this fraction of the base's; None: never."))
 
 
 class TrainConfig(_Section):
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int = -1  # > 0 overrides epochs
-    batch_size: int = Field(4, gt=0)
-    gradient_accumulation_steps: int = Field(1, gt=0)
-    learning_rate: float | None = Field(None, gt=0)  # None: the family's default
-    lr_scheduler: str = "cosine"
-    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    gradient_checkpointing: bool = False
+    epochs: float = Field(1.0, gt=0, description="Training epochs.")
+    max_steps: int = Field(-1, description="Optimizer steps; overrides epochs when > 0.")
+    batch_size: int = Field(4, gt=0, description="Rows per device per step.")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    learning_rate: float | None = Field(None, gt=0, description="Peak learning rate; None: the family's default.")
+    lr_scheduler: str = Field("cosine", description="HF Trainer learning-rate schedule (cosine, linear, constant, ...).")
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="Fraction of the steps spent warming the learning rate up.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay on the LoRA weights.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    gradient_checkpointing: bool = Field(False, description=(
+        "Recompute activations in the backward pass: less memory, about a third more compute."))
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="Autocast dtype of the training matmuls (weights and optimizer stay as "
         "loaded). auto: bf16 on GPUs with bf16 and on CPUs with avx512_bf16 or AMX, fp16 on older "
         "GPUs, fp32 otherwise. fp16 needs a GPU.")
-    logging_steps: int = Field(5, gt=0)
-    save_steps: int = Field(50, gt=0)
-    save_total_limit: int = Field(2, gt=0)
-    eval_steps: int | None = Field(None, gt=0)  # validation loss every N steps (None: save_steps)
-    report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
-    deepspeed: str | None = None  # path to a DeepSpeed JSON config
-    seed: int = 42
-    probes: ProbeConfig = Field(default_factory=ProbeConfig)
+    logging_steps: int = Field(5, gt=0, description="Log the training loss every N steps.")
+    save_steps: int = Field(50, gt=0, description="Checkpoint every N steps (the unit of resuming).")
+    save_total_limit: int = Field(2, gt=0, description="Checkpoints kept; older ones are removed.")
+    eval_steps: int | None = Field(None, gt=0, description="Validation loss every N steps; None: save_steps.")
+    report_to: list[str] = Field(default_factory=lambda: ["tensorboard"], description=(
+        "Training-loss loggers passed to the HF Trainer (tensorboard, wandb, mlflow, none)."))
+    deepspeed: str | None = Field(None, description="DeepSpeed JSON config (e.g. configs/deepspeed/zero2.json); GPUs only.")
+    seed: int = Field(42, description="Seed of the LoRA initialisation, dropout and data order.")
+    probes: ProbeConfig = Field(default_factory=ProbeConfig, description="Forgetting probes during training.")
 
 
 def _known_benchmark(name: str) -> str:
@@ -119,34 +130,37 @@ def _known_benchmark(name: str) -> str:
 
 
 class EvalConfig(_Section):
-    # Any benchmark with a spec in zhtune/resources/benchmarks/ (ceval, cmmlu, mmlu, gsm8k).
     benchmarks: list[Annotated[str, AfterValidator(_known_benchmark)]] = Field(
-        default_factory=lambda: ["ceval", "cmmlu", "mmlu", "gsm8k"])
-    # Prompt style: "lm-eval" reproduces lm-evaluation-harness 0.4.13's tasks, "official" the
-    # benchmark authors' code and their aggregation (C-Eval and CMMLU: mean of subject accuracies).
-    style: Literal["lm-eval", "official"] = "lm-eval"
-    # Multiple choice: "letter" (options shown, next-token letter), "cloze" (each option's text by
-    # log-likelihood; headline acc_norm), or "both" (cloze results under "<benchmark>_cloze").
-    formulation: Literal["letter", "cloze", "both"] = "letter"
-    write_prompts: bool = False  # prompts.jsonl: the exact context and continuations per question
-    subjects: list[str] | None = None
-    shots: int = Field(5, ge=0)
-    gsm8k_shots: int = Field(5, ge=0)
-    gsm8k_cot: bool = False  # the 8-shot chain-of-thought exemplars instead of train[:n]
-    limit: int | None = Field(None, gt=0)  # per subject (GSM8K: in all), deterministic
-    # At most N questions per benchmark, taken round-robin over subjects (every category stays
-    # represented); for quick runs such as the CPU demo. None: no cap.
-    max_per_benchmark: int | None = Field(None, gt=0)
+        default_factory=lambda: ["ceval", "cmmlu", "mmlu", "gsm8k"], description=(
+            "Benchmarks to evaluate: any with a spec in zhtune/resources/benchmarks/."))
+    style: Literal["lm-eval", "official"] = Field("lm-eval", description=(
+        "Prompt style: lm-eval (lm-evaluation-harness 0.4.13's tasks, character for character) or "
+        "official (the benchmark authors' prompts and aggregation)."))
+    formulation: Literal["letter", "cloze", "both"] = Field("letter", description=(
+        "Multiple choice: letter (options shown, next-token letter), cloze (each option's text by "
+        "log-likelihood; headline acc_norm) or both (cloze under '<benchmark>_cloze')."))
+    write_prompts: bool = Field(False, description="Write prompts.jsonl: the exact context and continuations per question.")
+    subjects: list[str] | None = Field(None, description="Only these subjects; None: all.")
+    shots: int = Field(5, ge=0, description="Few-shot examples for multiple-choice benchmarks.")
+    gsm8k_shots: int = Field(5, ge=0, description="Few-shot examples for generation benchmarks (GSM8K).")
+    gsm8k_cot: bool = Field(False, description=(
+        "Generation benchmarks: the 8-shot chain-of-thought exemplars instead of seeded train shots."))
+    limit: int | None = Field(None, gt=0, description=(
+        "First N questions per subject (a generation benchmark: in all), deterministic; None: all."))
+    max_per_benchmark: int | None = Field(None, gt=0, description=(
+        "At most N questions per benchmark, round-robin over subjects so every category stays "
+        "represented (quick runs such as the CPU demo); None: no cap."))
     batch_size: int = Field(8, gt=0, description=(
         "GSM8K generation and bits per character: sequences per forward pass."))
     batch_tokens: int = Field(4096, gt=0, description=(
         "Multiple choice: question tokens per forward pass, padding included (the few-shot prefix is "
         "shared, not counted). Bounds memory whatever the prompt length; halved on out-of-memory."))
-    chat: bool = False  # wrap prompts in the model's chat template
-    max_new_tokens: int = Field(256, gt=0)
-    perplexity: bool = True
-    perplexity_chars: int = Field(20000, ge=0)
-    adapter_scales: list[float] = Field(default_factory=lambda: [1.0])
+    chat: bool = Field(False, description="Wrap prompts in the model's chat template.")
+    max_new_tokens: int = Field(256, gt=0, description="Generation length of generation benchmarks.")
+    perplexity: bool = Field(True, description="Measure bits per character on held-out zh / en text.")
+    perplexity_chars: int = Field(20000, ge=0, description="Characters of held-out text per language.")
+    adapter_scales: list[float] = Field(default_factory=lambda: [1.0], description=(
+        "LoRA scales to evaluate each adapter at, e.g. [0, 0.5, 1]."))
 
 
 class AnalysisConfig(_Section):
@@ -161,54 +175,58 @@ class AnalysisConfig(_Section):
         "Formulation of the pooled Chinese/English headline figures when the runs have both: letter (the "
         "published one), cloze (for small models at chance on letters), or auto (letter where evaluated). The "
         "other formulation is reported too, as the secondary analysis."))
-    # Accepted loss of English accuracy (points) when recommending an adapter scale.
-    english_tolerance: float = Field(1.0, ge=0.0)
+    english_tolerance: float = Field(1.0, ge=0.0, description=(
+        "Accepted loss of English accuracy (points) when recommending an adapter scale."))
 
 
 class OutputConfig(_Section):
-    dir: str = "runs/experiment"
-    # Baselines are cached here and shared between runs with the same model and eval settings.
-    baseline_cache: str | None = None  # None: ZHTUNE_HOME/baselines
+    dir: str = Field("runs/experiment", description="The run's output folder.")
+    baseline_cache: str | None = Field(None, description=(
+        "Where baselines are cached, shared by runs with the same model and eval settings; None: "
+        "ZHTUNE_HOME/baselines."))
 
 
 class SlurmConfig(_Section):
-    # "slurm" submits with sbatch (through submitit); "local" runs the same job array as processes
-    # on this machine, to try a config before queueing it.
-    cluster: Literal["slurm", "local"] = "slurm"
-    partition: str | None = None
-    time_min: int = Field(24 * 60, gt=0)  # wall-clock limit of one grid point's job
-    mem_gb: int | None = Field(None, gt=0)
-    array_parallelism: int = Field(64, gt=0)  # grid points running at once
-    additional: dict[str, Any] = Field(default_factory=dict)  # more sbatch options: {account: x, qos: y}
+    cluster: Literal["slurm", "local"] = Field("slurm", description=(
+        "slurm submits with sbatch (through submitit); local runs the same job array as processes on "
+        "this machine, to try a config before queueing it."))
+    partition: str | None = Field(None, description="Slurm partition; None: the cluster's default.")
+    time_min: int = Field(24 * 60, gt=0, description="Slurm: time limit of one point's job, minutes.")
+    mem_gb: int | None = Field(None, gt=0, description="Slurm: memory per job, GB; None: the partition's default.")
+    array_parallelism: int = Field(64, gt=0, description="Slurm: grid points running at once.")
+    additional: dict[str, Any] = Field(default_factory=dict, description=(
+        "More sbatch options, e.g. {account: x, qos: y}."))
 
 
 class SweepConfig(_Section):
-    # Dotted key -> values; the sweep runs the Cartesian product, e.g. {"lora.rank": [4, 8]}.
-    grid: dict[str, list[Any]] = Field(default_factory=dict)
-    # Where grid points run: this machine ("local"), a Ray cluster, or a Slurm job array.
-    launcher: Literal["local", "ray", "slurm"] = "local"
-    workers: int = Field(1, gt=0)  # local: runs at a time (processes)
-    devices: list[str] | None = None  # local: one worker per device, e.g. ["cuda:0", "cuda:1"]
-    address: str | None = None  # ray: "auto", "HOST:PORT"; None: RAY_ADDRESS, else Ray on this machine
-    # None: 1 where the cluster has GPUs (Ray: counted; Slurm: assumed, 0 with slurm.cluster=local)
-    gpus_per_point: int | None = Field(None, ge=0)
-    cpus_per_point: int = Field(1, gt=0)
-    # A point whose worker or job died (killed, node lost) starts again from its last checkpoint
-    # this many times before it is reported as failed.
-    max_retries: int = Field(2, ge=0)
-    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description=(
+        "Dotted key -> values; the sweep runs the Cartesian product, e.g. {lora.rank: [4, 8]}."))
+    launcher: Literal["local", "ray", "slurm"] = Field("local", description=(
+        "Where points run: local (this machine), ray (a Ray cluster) or slurm (a job array)."))
+    workers: int = Field(1, gt=0, description="Local: runs at a time, each in its own process.")
+    devices: list[str] | None = Field(None, description=(
+        "Local: one worker per device, e.g. [cuda:0, cuda:1]; None: workers share the config's device."))
+    address: str | None = Field(None, description=(
+        "Ray: auto or HOST:PORT; None: RAY_ADDRESS, else Ray on this machine."))
+    gpus_per_point: int | None = Field(None, ge=0, description=(
+        "GPUs per point; None: 1 where the cluster has GPUs (Ray: counted; Slurm: assumed, 0 with "
+        "slurm.cluster=local)."))
+    cpus_per_point: int = Field(1, gt=0, description="Ray / Slurm: CPUs per point.")
+    max_retries: int = Field(2, ge=0, description=(
+        "Restarts (from the last checkpoint) of a point whose worker or job died, before it is reported failed."))
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig, description="Slurm job settings.")
 
 
 class ExperimentConfig(_Section):
-    name: str = "experiment"
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
-    output: OutputConfig = Field(default_factory=OutputConfig)
-    sweep: SweepConfig = Field(default_factory=SweepConfig)
+    name: str = Field("experiment", description="The experiment's name (report title).")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The base model.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Training data and the data folder.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="The LoRA adapter.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="The training run.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Benchmarks, prompts and scoring.")
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig, description="The comparison's margins and headline.")
+    output: OutputConfig = Field(default_factory=OutputConfig, description="Where results go.")
+    sweep: SweepConfig = Field(default_factory=SweepConfig, description="The LoRA grid and where it runs.")
 
 
 def _parse_value(text: str) -> Any:
@@ -327,6 +345,8 @@ def _override_text(value: Any) -> str:
         return str(value)
     if isinstance(value, (list, tuple, dict, bool)) or value is None:
         return json.dumps(value if not isinstance(value, tuple) else list(value), ensure_ascii=False)
+    if isinstance(value, str) and _parse_value(value) != value:  # "null", "123", "a: b" stay strings
+        return json.dumps(value, ensure_ascii=False)
     return str(value)
 
 
@@ -339,17 +359,18 @@ def config_field(key: str):
     return model.model_fields[name]
 
 
-def flag_help(key: str, text: str | None = None) -> str:
+def flag_help(key: str, usage: str | None = None) -> str:
     """The help of the command-line flag for config field ``key`` (dotted, e.g. "eval.shots"): the
-    field's description (else ``text``) and the schema's default, so that a default is stated once, in
-    the schema. A field whose default is None gets no default here: ``text`` says what None means."""
+    field's description, then ``usage`` (how the flag spells a value, e.g. "comma-separated"), then the
+    schema's default, so that what a setting means and its default are stated once, in the schema."""
     field = config_field(key)
-    description = field.description or text
-    if description is None:
-        raise ValueError(f"{key}: no description in the schema and no help text given")
+    if not field.description:
+        raise ValueError(f"{key}: the config schema gives this field no description")
+    text = field.description.rstrip(".") + (f" ({usage})" if usage else "")
     default = field.get_default(call_default_factory=True)
     if default is None:
-        return description
+        return text + "."
+
     def show(v: Any) -> str:
         if isinstance(v, bool):
             return "on" if v else "off"
@@ -357,4 +378,4 @@ def flag_help(key: str, text: str | None = None) -> str:
             return ",".join(show(x) for x in v) if v else "none"
         return f"{v:g}" if isinstance(v, float) else str(v)
 
-    return f"{description} (default {show(default)})."
+    return f"{text} (default {show(default)})."

@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
         max_problems: int = typer.Option(50, "--max-problems", "--max_problems", help="Print at most this many errors and warnings each."),
     ):
         """Count subjects and questions per benchmark and split, and list every problem (exit code 1 on errors)."""
-        from zhtune.data.benchmarks import check_data_dir
+        from zhtune.data.check import check_data_dir
         from zhtune.errors import UserError
         from zhtune.io import atomic_write_json, default_data_dir
 
@@ -81,7 +81,8 @@ def register(app: typer.Typer) -> None:
         """
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        from zhtune.data.benchmarks import BENCHMARKS, check_data_dir
+        from zhtune.data.benchmarks import BENCHMARKS
+        from zhtune.data.check import check_data_dir
 
         chosen = split_list(benchmarks) or list(BENCHMARKS)
         console = Console()

@@ -28,14 +28,10 @@ def _scales(text: str | None) -> list[float] | None:
 
 def _resolve_configs(config: str | None, flags: dict, eval_flags: dict, data_dir: str | None):
     """The model and eval sections: the config file's (or the defaults), then the flags."""
-    from zhtune.config import config_from_dict, config_to_dict, resolve_config
+    from zhtune.config import resolve_config
 
-    cfg = resolve_config(config)
-    raw = config_to_dict(cfg)
-    raw["model"].update({k: v for k, v in flags.items() if v is not None})
-    raw["eval"].update({k: v for k, v in eval_flags.items() if v is not None})
-    source = f"{config or '<defaults>'} with command-line flags"
-    cfg = config_from_dict(raw, source)
+    cfg = resolve_config(config, {**{f"model.{k}": v for k, v in flags.items()},
+                                  **{f"eval.{k}": v for k, v in eval_flags.items()}})
     return cfg.model, cfg.eval, data_dir or cfg.data.data_dir
 
 
@@ -71,54 +67,49 @@ def register(app: typer.Typer) -> None:
     def eval_cmd(
         model: Optional[str] = typer.Option(
             None, "--model", "--model_path", "--base_model_path",
-            help="Model: local folder, hub id, modelscope:ORG/NAME, .gguf file or builtin:NAME "
-                 "(default: the config's model.name_or_path)."),
+            help=flag_help("model.name_or_path")),
         adapter: Optional[List[str]] = typer.Option(
             None, "--adapter", "--lora_model_path",
             help="LoRA adapter folder (training output OUT or OUT/adapter). Repeatable: all are "
                  "loaded onto one base."),
         adapter_scale: Optional[str] = typer.Option(
             None, "--adapter-scale", "--adapter_scale",
-            help=flag_help("eval.adapter_scales", "LoRA scales to evaluate each adapter at, comma-separated, e.g. 0,0.5,1")),
+            help=flag_help("eval.adapter_scales", "comma-separated: 0,0.5,1")),
         no_base: bool = typer.Option(False, "--no-base",
             help="With --adapter: skip evaluating the base model."),
         benchmarks: Optional[str] = typer.Option(
-            None, "--benchmarks", help="Comma-separated: ceval,cmmlu,mmlu,gsm8k (default: all four)."),
+            None, "--benchmarks", help=flag_help("eval.benchmarks", "comma-separated")),
         subjects: Optional[str] = typer.Option(
-            None, "--subjects", help="Comma-separated subject names (any benchmark's); default all."),
+            None, "--subjects", help=flag_help("eval.subjects", "comma-separated, any benchmark's")),
         limit: Optional[int] = typer.Option(
-            None, "--limit", min=1, help="First N questions per subject (GSM8K: first N overall)."),
+            None, "--limit", min=1, help=flag_help("eval.limit")),
         shots: Optional[int] = typer.Option(None, "--shots", min=0,
-            help=flag_help("eval.shots", "Few-shot examples for C-Eval/CMMLU/MMLU")),
+            help=flag_help("eval.shots")),
         gsm8k_shots: Optional[int] = typer.Option(None, "--gsm8k-shots", "--gsm8k_shots", min=0,
-            help=flag_help("eval.gsm8k_shots", "Few-shot examples for GSM8K")),
+            help=flag_help("eval.gsm8k_shots")),
         gsm8k_cot: Optional[bool] = typer.Option(None, "--gsm8k-cot/--no-gsm8k-cot",
-            help="GSM8K with the 8 chain-of-thought exemplars."),
+            help=flag_help("eval.gsm8k_cot")),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", "--batch_size", min=1,
-            help=flag_help("eval.batch_size", "GSM8K generation and bits per character: sequences per forward pass")),
+            help=flag_help("eval.batch_size")),
         batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", min=1,
-            help=flag_help("eval.batch_tokens", "Multiple choice: question tokens per forward pass")),
+            help=flag_help("eval.batch_tokens")),
         dtype: Optional[str] = typer.Option(None, "--dtype",
-            help="auto, float32, bfloat16 or float16 (auto: bf16 on GPUs, fp32 on CPU; on the CPU only "
-                 "float32 is allowed, see README)."),
-        device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1, mps."),
+            help=flag_help("model.dtype", "on the CPU only float32 is allowed")),
+        device: Optional[str] = typer.Option(None, "--device", help=flag_help("model.device")),
         chat: Optional[bool] = typer.Option(None, "--chat/--no-chat",
-            help="Wrap prompts in the model's chat template."),
+            help=flag_help("eval.chat")),
         max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", "--max_new_tokens", min=1,
-            help=flag_help("eval.max_new_tokens", "GSM8K generation length")),
+            help=flag_help("eval.max_new_tokens")),
         style: Optional[str] = typer.Option(None, "--style",
-            help=flag_help("eval.style", "Prompt style: lm-eval (lm-evaluation-harness 0.4.13's tasks, character "
-                           "for character) or official (the C-Eval / CMMLU / MMLU authors' code and aggregation)")),
+            help=flag_help("eval.style")),
         formulation: Optional[str] = typer.Option(None, "--formulation",
-            help=flag_help("eval.formulation", "Multiple choice: letter, cloze (each option's text by "
-                           "log-likelihood, reported as acc_norm and acc) or both (cloze under <benchmark>_cloze)")),
+            help=flag_help("eval.formulation")),
         write_prompts: Optional[bool] = typer.Option(None, "--write-prompts/--no-write-prompts",
-            help="Write prompts.jsonl beside predictions.jsonl: the exact context and scored "
-                 "continuations (GSM8K: stop strings) of every question."),
+            help=flag_help("eval.write_prompts")),
         no_perplexity: bool = typer.Option(False, "--no-perplexity",
             help="Skip the zh/en bits-per-character probes."),
         data_dir: Optional[str] = typer.Option(None, "--data-dir", "--data_dir",
-            help="Local data folder (official layout); default ZHTUNE_DATA_DIR, else the hub."),
+            help=flag_help("data.data_dir")),
         ceval_path: Optional[str] = typer.Option(None, "--ceval_path", "--ceval-path",
             help="C-Eval folder (dev/ val/ test/) or a data folder holding ceval/."),
         mmlu_path: Optional[str] = typer.Option(None, "--mmlu_path", "--mmlu-path",
@@ -128,7 +119,7 @@ def register(app: typer.Typer) -> None:
         config: Optional[str] = typer.Option(None, "--config",
             help="Experiment YAML: its model and eval sections are used; flags override them."),
         trust_remote_code: Optional[bool] = typer.Option(None, "--trust-remote-code", "--trust_remote_code",
-            help="Allow model code from the hub (off by default)."),
+            help=flag_help("model.trust_remote_code")),
         quiet_progress: bool = typer.Option(False, "--no-progress", help="No progress bars."),
     ):
         """Evaluate a model (and LoRA adapters at several scales) on Chinese and English benchmarks."""

@@ -33,7 +33,7 @@ def register(app: typer.Typer) -> None:
         config: str = typer.Argument(..., help="Experiment YAML (or the name of a shipped config, e.g. demo-cpu)."),
         overrides: Optional[List[str]] = typer.Argument(None, help="Dotted overrides, e.g. lora.rank=16 train.max_steps=50."),
         data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Local data folder (official layout); default ZHTUNE_DATA_DIR, else the hub."),
-        output_dir: Optional[str] = typer.Option(None, "--output-dir", help="Output folder (overrides output.dir)."),
+        output_dir: Optional[str] = typer.Option(None, "--output-dir", help=flag_help("output.dir")),
         force: Optional[List[str]] = typer.Option(None, "--force", help="Redo a stage even if up to date (baseline, prepare, train, evaluate, compare, report, all). Repeatable."),
     ):
         """Baseline eval -> prepare -> LoRA training -> eval -> forgetting analysis -> report.
@@ -57,16 +57,16 @@ def register(app: typer.Typer) -> None:
         config: str = typer.Argument(..., help="Experiment YAML with a sweep.grid section (or a shipped config name)."),
         overrides: Optional[List[str]] = typer.Argument(None, help="Grid axes as key=v1,v2 (lora.rank=4,8,16) and plain overrides key=value."),
         data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Local data folder; default ZHTUNE_DATA_DIR, else the hub."),
-        output_dir: Optional[str] = typer.Option(None, "--output-dir", help="Sweep folder (overrides output.dir)."),
-        workers: Optional[int] = typer.Option(None, "--workers", help=flag_help("sweep.workers", "Local: runs at a time, each in its own process")),
-        devices: Optional[str] = typer.Option(None, "--devices", help="Local: one worker per device, e.g. cuda:0,cuda:1."),
-        launcher: Optional[str] = typer.Option(None, "--launcher", help=flag_help("sweep.launcher", "Where points run: local, ray or slurm")),
-        address: Optional[str] = typer.Option(None, "--address", help="Ray cluster: auto or HOST:PORT (default: sweep.address, else RAY_ADDRESS, else Ray on this machine)."),
-        max_retries: Optional[int] = typer.Option(None, "--max-retries", help=flag_help("sweep.max_retries", "Restarts of a point whose worker or job died")),
-        gpus: Optional[int] = typer.Option(None, "--gpus-per-point", help="Ray / Slurm: GPUs per point (unset: one where the cluster has GPUs)."),
-        cpus: Optional[int] = typer.Option(None, "--cpus-per-point", help=flag_help("sweep.cpus_per_point", "Ray / Slurm: CPUs per point")),
-        partition: Optional[str] = typer.Option(None, "--partition", help="Slurm partition (default: sweep.slurm.partition)."),
-        time_min: Optional[int] = typer.Option(None, "--time-min", help=flag_help("sweep.slurm.time_min", "Slurm: time limit of one point's job, minutes")),
+        output_dir: Optional[str] = typer.Option(None, "--output-dir", help=flag_help("output.dir")),
+        workers: Optional[int] = typer.Option(None, "--workers", help=flag_help("sweep.workers")),
+        devices: Optional[str] = typer.Option(None, "--devices", help=flag_help("sweep.devices", "comma-separated")),
+        launcher: Optional[str] = typer.Option(None, "--launcher", help=flag_help("sweep.launcher")),
+        address: Optional[str] = typer.Option(None, "--address", help=flag_help("sweep.address")),
+        max_retries: Optional[int] = typer.Option(None, "--max-retries", help=flag_help("sweep.max_retries")),
+        gpus: Optional[int] = typer.Option(None, "--gpus-per-point", help=flag_help("sweep.gpus_per_point")),
+        cpus: Optional[int] = typer.Option(None, "--cpus-per-point", help=flag_help("sweep.cpus_per_point")),
+        partition: Optional[str] = typer.Option(None, "--partition", help=flag_help("sweep.slurm.partition")),
+        time_min: Optional[int] = typer.Option(None, "--time-min", help=flag_help("sweep.slurm.time_min")),
     ):
         """Run a grid of LoRA settings (one shared baseline) and write results.csv/.md and a Pareto plot.
 
@@ -103,11 +103,10 @@ def register(app: typer.Typer) -> None:
         overrides: Optional[List[str]] = typer.Argument(None, help="Dotted overrides of configs/demo-cpu.yaml."),
     ):
         """The whole experiment at small scale on a CPU (about 10 minutes with the model pull)."""
-        from zhtune.config import load_config, shipped_config
+        from zhtune.config import resolve_config
         from zhtune.experiment import run_experiment
 
-        name = "qwen-demo-cpu" if qwen else "demo-cpu"
-        cfg = load_config(shipped_config(name), list(overrides or []) + [f"output.dir={output_dir}"])
+        cfg = resolve_config("qwen-demo-cpu" if qwen else "demo-cpu", {"output.dir": output_dir}, overrides)
         t0 = time.time()
         result = run_experiment(cfg, data_dir=data_dir)
         console.print(f"[bold]zhtune demo[/] finished in {time.time() - t0:.0f} s "

@@ -58,17 +58,17 @@ def register(app: typer.Typer) -> None:
             None, "--config", help="Experiment YAML (or a shipped config's name); its model and data sections are used."),
         model: Optional[str] = typer.Option(
             None, "--model", "--model_name_or_path", "--model-name-or-path",
-            help="Model whose tokenizer and chat format the data is prepared for (default: model.name_or_path)."),
+            help=flag_help("model.name_or_path")),
         data_dir: Optional[str] = typer.Option(
-            None, "--data-dir", "--data_dir", help="Local data folder (belle/, alpaca/, ...); default ZHTUNE_DATA_DIR."),
+            None, "--data-dir", "--data_dir", help=flag_help("data.data_dir")),
         output_dir: Optional[str] = typer.Option(
             None, "--output-dir", "--output_dir", help="Folder for the prepared dataset (default: OUTPUT.DIR/data)."),
         max_length: Optional[int] = typer.Option(
-            None, "--max-length", "--max_length", min=9, help="Tokens per sample / packed row (data.max_length)."),
+            None, "--max-length", "--max_length", min=9, help=flag_help("data.max_length")),
         sample_size: Optional[int] = typer.Option(
-            None, "--sample-size", "--belle_sample_size", min=1, help="Seeded sample of the instruction records (data.sample_size)."),
+            None, "--sample-size", "--belle_sample_size", min=1, help=flag_help("data.sample_size")),
         packing: Optional[bool] = typer.Option(
-            None, "--packing/--no-packing", help="Pack several samples into one row (data.packing)."),
+            None, "--packing/--no-packing", help=flag_help("data.packing")),
     ):
         """Turn instruction data into token ids with prompt-masked labels for one model's tokenizer."""
         from zhtune.data.sft import prepare_dataset
@@ -90,25 +90,25 @@ def register(app: typer.Typer) -> None:
             None, "--config", help="Experiment YAML (or a shipped config's name); flags and overrides win over it."),
         model: Optional[str] = typer.Option(
             None, "--model", "--model_path", "--model_name_or_path",
-            help="Base model: local folder, hub id, modelscope:ORG/NAME, .gguf or builtin:NAME."),
+            help=flag_help("model.name_or_path")),
         dataset: Optional[str] = typer.Option(
             None, "--dataset", "--dataset_path",
             help="Prepared dataset folder (zhtune prepare); default: prepare on the fly into OUT/data."),
         data_dir: Optional[str] = typer.Option(
-            None, "--data-dir", "--data_dir", help="Local data folder for on-the-fly preparation and probes."),
+            None, "--data-dir", "--data_dir", help=flag_help("data.data_dir")),
         output_dir: Optional[str] = typer.Option(
             None, "--output-dir", "--output_dir", help="Training output folder (default: OUTPUT.DIR/train)."),
-        lora_rank: Optional[int] = typer.Option(None, "--lora-rank", "--lora_rank", min=1, help="LoRA rank r (default: the family's)."),
-        lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", "--lora_alpha", help="LoRA alpha (default: the family's)."),
-        lora_dropout: Optional[float] = typer.Option(None, "--lora-dropout", "--lora_dropout", help=flag_help("lora.dropout", "Dropout on the LoRA input")),
-        lora_targets: Optional[str] = typer.Option(None, "--lora-targets", "--lora_target", help="all, attention, mlp or comma-separated module names."),
-        epochs: Optional[float] = typer.Option(None, "--epochs", "--num_epochs", "--num-epochs", help=flag_help("train.epochs", "Training epochs")),
-        max_steps: Optional[int] = typer.Option(None, "--max-steps", "--max_steps", help="Optimizer steps; overrides --epochs when > 0."),
-        batch_size: Optional[int] = typer.Option(None, "--batch-size", "--batch_size", min=1, help=flag_help("train.batch_size", "Rows per device per step")),
+        lora_rank: Optional[int] = typer.Option(None, "--lora-rank", "--lora_rank", min=1, help=flag_help("lora.rank")),
+        lora_alpha: Optional[float] = typer.Option(None, "--lora-alpha", "--lora_alpha", help=flag_help("lora.alpha")),
+        lora_dropout: Optional[float] = typer.Option(None, "--lora-dropout", "--lora_dropout", help=flag_help("lora.dropout")),
+        lora_targets: Optional[str] = typer.Option(None, "--lora-targets", "--lora_target", help=flag_help("lora.targets", "comma-separated names")),
+        epochs: Optional[float] = typer.Option(None, "--epochs", "--num_epochs", "--num-epochs", help=flag_help("train.epochs")),
+        max_steps: Optional[int] = typer.Option(None, "--max-steps", "--max_steps", help=flag_help("train.max_steps")),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", "--batch_size", min=1, help=flag_help("train.batch_size")),
         gradient_accumulation_steps: Optional[int] = typer.Option(
-            None, "--gradient-accumulation-steps", "--gradient_accumulation_steps", min=1, help=flag_help("train.gradient_accumulation_steps", "Micro-batches per optimizer step")),
-        learning_rate: Optional[float] = typer.Option(None, "--learning-rate", "--learning_rate", help="Peak learning rate (default: the family's)."),
-        deepspeed: Optional[str] = typer.Option(None, "--deepspeed", help="DeepSpeed JSON config (e.g. configs/deepspeed/zero2.json); GPUs only."),
+            None, "--gradient-accumulation-steps", "--gradient_accumulation_steps", min=1, help=flag_help("train.gradient_accumulation_steps")),
+        learning_rate: Optional[float] = typer.Option(None, "--learning-rate", "--learning_rate", help=flag_help("train.learning_rate")),
+        deepspeed: Optional[str] = typer.Option(None, "--deepspeed", help=flag_help("train.deepspeed")),
         resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from the last complete checkpoint in OUT (default) or start over."),
     ):
         """Fine-tune a model with LoRA (PEFT + HF Trainer). Works under `accelerate launch` too."""

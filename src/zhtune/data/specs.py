@@ -40,7 +40,6 @@ SPEC_PACKAGE = "zhtune.resources"
 SPEC_FOLDER = "benchmarks"
 STYLES = ("lm-eval", "official")
 DEFAULT_STYLE = "lm-eval"
-FORMULATIONS = ("letter", "cloze")
 
 
 class _Spec(BaseModel):
