@@ -12,7 +12,7 @@ def tiny_config(model_dir: Path, out: Path, cache: Path, **extra) -> dict:
         "lora": {"rank": 4, "alpha": 8},
         "train": {"max_steps": 6, "batch_size": 4, "save_steps": 2, "logging_steps": 1,
                   "learning_rate": 1e-3, "report_to": []},
-        "eval": {"benchmarks": ["ceval", "mmlu", "gsm8k"], "shots": 0, "gsm8k_shots": 0, "limit": 1,
+        "eval": {"benchmarks": ["ceval", "mmlu", "gsm8k"], "shots": 0, "generation_shots": 0, "limit": 1,
                  "max_new_tokens": 8, "batch_size": 8, "perplexity_chars": 1500},
         "analysis": {"forgetting_margin": 2.0},
         "output": {"dir": str(out), "baseline_cache": str(cache)},

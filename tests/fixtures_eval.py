@@ -18,7 +18,7 @@ from zhtune.io import atomic_write_json, atomic_write_jsonl
 
 SETTINGS = {"benchmarks": ["ceval", "cmmlu", "mmlu", "gsm8k"],
             "splits": {"ceval": "val", "cmmlu": "test", "mmlu": "test", "gsm8k": "test"},
-            "shots": 5, "gsm8k_shots": 5, "gsm8k_cot": False, "chat": False, "limit": None,
+            "shots": 5, "generation_shots": 5, "generation_cot": False, "chat": False, "limit": None,
             "subjects": None, "max_new_tokens": 256}
 SPLITS = SETTINGS["splits"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -10,7 +10,8 @@ from zhtune.data.benchmarks import Question
 from zhtune.data.specs import load_spec
 from zhtune.eval import generation as G
 from zhtune.eval.generation import cut_at_stop, generate_greedy, score_generation
-from zhtune.eval.gsm8k_lmeval import exact_match, regex_filter, seeded_draws
+from zhtune.data.prompts import seeded_draws
+from zhtune.eval.answer_filters import exact_match, regex_filter
 
 # ----------------------------------------------------------------------------- lm-eval's scoring
 
@@ -336,41 +337,44 @@ def test_gsm8k_prompts_use_lm_eval_seeded_exemplars(tiny_qwen_dir, shared_data):
     from transformers import AutoTokenizer
 
     from zhtune.data.benchmarks import load_benchmark
-    from zhtune.data.prompts import gsm8k_exemplars
+    from zhtune.data.prompts import generation_exemplars
     from zhtune.models.families import get_family
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_qwen_dir)
     train = load_benchmark("gsm8k", "train", shared_data)
     test = load_benchmark("gsm8k", "test", shared_data)
     q = test[0]
-    shots = gsm8k_exemplars([q], 2, data_dir=shared_data)[0]
+    shots = generation_exemplars([q], 2, data_dir=shared_data)[0]
     assert shots == [train[j] for j in seeded_draws(len(train), 2, 1234, 1)[0]]
-    prompt = G.gsm8k_prompts(tokenizer, None, [q], shots=2, data_dir=shared_data)[0]
+    prompt = G.generation_prompts(tokenizer, None, [q], shots=2, data_dir=shared_data)[0]
     assert prompt == "".join(f"Question: {s.question}\nAnswer: {s.answer}\n\n" for s in shots) + \
         f"Question: {q.question}\nAnswer:"
     # A subset gets the exemplars a full run gives: test question i, the i-th draw.
-    full = gsm8k_exemplars(test[:8], 5, data_dir=shared_data)
-    assert gsm8k_exemplars([test[7], test[3]], 5, data_dir=shared_data) == [full[7], full[3]]
+    full = generation_exemplars(test[:8], 5, data_dir=shared_data)
+    assert generation_exemplars([test[7], test[3]], 5, data_dir=shared_data) == [full[7], full[3]]
     assert len({tuple(s.key for s in x) for x in full}) == 8
     with pytest.raises(ValueError, match="not a question"):
-        gsm8k_exemplars([replace(q, id="999999")], 5, data_dir=shared_data)
-    cot = G.gsm8k_prompts(tokenizer, None, [q], shots=5, cot=True, data_dir=shared_data)[0]
+        generation_exemplars([replace(q, id="999999")], 5, data_dir=shared_data)
+    cot = G.generation_prompts(tokenizer, None, [q], shots=5, cot=True, data_dir=shared_data)[0]
     assert cot.count("The answer is") == 8 and cot.endswith(f"Question: {q.question}\nAnswer:")
     family = get_family("qwen2-instruct")
-    chat = G.gsm8k_prompts(tokenizer, family, [q], shots=0, chat=True, data_dir=shared_data)[0]
+    chat = G.generation_prompts(tokenizer, family, [q], shots=0, chat=True, data_dir=shared_data)[0]
     assert chat.startswith("<|im_start|>") and chat.endswith("<|im_start|>assistant\nAnswer:")
 
 
 def test_gsm8k_first_n_sampler(monkeypatch, shared_data):
-    from types import SimpleNamespace
-
     from zhtune.data import prompts as P
     from zhtune.data.benchmarks import few_shot_examples, load_benchmark
 
-    monkeypatch.setattr(P, "_gsm8k_style", lambda style: SimpleNamespace(fewshot_sampler="first_n"))
+    from zhtune.data.specs import load_spec
+
+    spec = load_spec("gsm8k")  # the spec as a benchmark with lm-eval's first_n sampler would write it
+    styles = {k: v.model_copy(update={"fewshot_sampler": "first_n"}) for k, v in spec.styles.items()}
+    first_n = spec.model_copy(update={"styles": styles})
+    monkeypatch.setattr(P, "load_spec", lambda name: first_n if name == "gsm8k" else load_spec(name))
     test = load_benchmark("gsm8k", "test", shared_data)
     first = few_shot_examples("gsm8k", "main", 3, data_dir=shared_data)
-    assert P.gsm8k_exemplars(test[5:7], 3, data_dir=shared_data) == [first, first]
+    assert P.generation_exemplars(test[5:7], 3, data_dir=shared_data) == [first, first]
 
 
 def test_gsm8k_stops_are_until_and_eos_only(tiny_qwen_dir):
@@ -380,15 +384,15 @@ def test_gsm8k_stops_are_until_and_eos_only(tiny_qwen_dir):
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_qwen_dir)
     family = get_family("qwen2-instruct")
-    assert G.gsm8k_stop_strings(tokenizer, family) == ["Question:", "</s>", "<|im_end|>"]  # EOS <|im_end|>
+    assert G.generation_stops("gsm8k", tokenizer, family) == ["Question:", "</s>", "<|im_end|>"]  # EOS <|im_end|>
     tokenizer.eos_token = "<|endoftext|>"  # a base Qwen's EOS is added, as lm-eval adds it
-    assert G.gsm8k_stop_strings(tokenizer, family) == ["Question:", "</s>", "<|im_end|>", "<|endoftext|>"]
+    assert G.generation_stops("gsm8k", tokenizer, family) == ["Question:", "</s>", "<|im_end|>", "<|endoftext|>"]
     for name, family_stop in (("llama2", "### Instruction:"), ("llama2-chat", "[INST]")):
         family = get_family(name)
         assert family_stop in family.stop_strings
-        assert family_stop not in G.gsm8k_stop_strings(tokenizer, family)  # lm-eval keeps such text
+        assert family_stop not in G.generation_stops("gsm8k", tokenizer, family)  # lm-eval keeps such text
         # In a chat template the family's turn ends stop too.
-        assert family_stop in G.gsm8k_stop_strings(tokenizer, family, chat=True)
+        assert family_stop in G.generation_stops("gsm8k", tokenizer, family, chat=True)
 
 
 @pytest.mark.parametrize("chat", [False, True])
@@ -398,7 +402,7 @@ def test_evaluate_gsm8k_end_to_end(tiny_model_dir, shared_data, chat):
 
     lm = load_model(str(tiny_model_dir))
     questions = load_benchmark("gsm8k", "test", shared_data)[:3]
-    preds = G.evaluate_gsm8k(lm.model, lm.tokenizer, lm.family, questions, shots=2,
+    preds = G.evaluate_generation(lm.model, lm.tokenizer, lm.family, questions, shots=2,
                              data_dir=shared_data, batch_size=2, max_new_tokens=8, chat=chat,
                              progress=False)
     assert [p.question for p in preds] == questions
@@ -423,7 +427,7 @@ def test_evaluate_gsm8k_scores_what_was_generated(monkeypatch, shared_data):
         return [f" so\n#### {golds[0]}", f" it is {golds[1]} dollars", " no idea"]
 
     monkeypatch.setattr(G, "generate_greedy", fake_generate)
-    preds = G.evaluate_gsm8k(None, None, None, questions, shots=0, data_dir=shared_data,
+    preds = G.evaluate_generation(None, None, None, questions, shots=0, data_dir=shared_data,
                              progress=False)
     assert [(p.correct_strict, p.correct) for p in preds] == [(True, True), (False, True), (False, False)]
     assert seen["prompts"][1] == f"Question: {questions[1].question}\nAnswer:"

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from zhtune.data.benchmarks import load_benchmark
-from zhtune.data.prompts import gsm8k_exemplars
+from zhtune.data.prompts import generation_exemplars
 from zhtune.eval import generation as G
 
 lm_eval = pytest.importorskip("lm_eval")
@@ -73,12 +73,12 @@ def test_every_context_until_and_exemplar_equals_lm_eval(shared_data, test_quest
     task = _make_task(shared_data, shots)
     instances = _requests(task)  # all 1,319 questions (about 10 s for 5-shot)
     assert len(instances) == len(test_questions) == 1319
-    ours = G.gsm8k_prompts(None, None, test_questions, shots=shots, data_dir=shared_data)
+    ours = G.generation_prompts(None, None, test_questions, shots=shots, data_dir=shared_data)
     theirs = [inst.args[0] for inst in instances]
     mismatched = [i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b]
     assert not mismatched, f"{len(mismatched)} contexts differ, first at question {mismatched[:1]}"
     assert all(inst.args[1]["until"] == ["Question:", "</s>", "<|im_end|>"] for inst in instances)
-    exemplars = gsm8k_exemplars(test_questions, shots, data_dir=shared_data)
+    exemplars = generation_exemplars(test_questions, shots, data_dir=shared_data)
     if shots:
         assert task.drawn == [[(s.question, s.answer) for s in ex] for ex in exemplars]
         assert len({tuple(d) for d in task.drawn}) == 1319  # a different draw for every question
@@ -92,9 +92,9 @@ def test_a_subset_gets_the_full_runs_exemplars(shared_data, test_questions):
     full = [inst.args[0] for inst in _requests(_make_task(shared_data), limit=None)[:40]]
     limited = [inst.args[0] for inst in _requests(_make_task(shared_data), limit=12)]
     assert limited == full[:12]
-    assert G.gsm8k_prompts(None, None, test_questions[:12], data_dir=shared_data) == limited
+    assert G.generation_prompts(None, None, test_questions[:12], data_dir=shared_data) == limited
     picks = [31, 2, 17]
-    assert G.gsm8k_prompts(None, None, [test_questions[i] for i in picks], data_dir=shared_data) == \
+    assert G.generation_prompts(None, None, [test_questions[i] for i in picks], data_dir=shared_data) == \
         [full[i] for i in picks]
 
 
@@ -110,7 +110,7 @@ def test_stop_strings_equal_lm_eval_with_eos(kind, shared_data):
         # HFLM.generate_until: until + decode(eos_token_id) with special tokens kept
         want = handle_stop_sequences(deepcopy(_task_yaml()["generation_kwargs"]["until"]),
                                      eos=tokenizer.decode(tokenizer.eos_token_id, skip_special_tokens=False))
-        assert G.gsm8k_stop_strings(tokenizer) == want
+        assert G.generation_stops("gsm8k", tokenizer) == want
 
 
 class _ScriptedLM:
@@ -155,7 +155,7 @@ def test_lm_eval_pipeline_scores_generations_as_zhtune(shared_data, test_questio
     # The tricky shapes, around each question's own gold number.
     generations = [t[0].replace("18", gold) for t, gold in zip(TRICKY, golds)]
     task = _make_task(shared_data, 0)
-    contexts = G.gsm8k_prompts(None, None, test_questions[:n], shots=0, data_dir=shared_data)
+    contexts = G.generation_prompts(None, None, test_questions[:n], shots=0, data_dir=shared_data)
     results = evaluate(lm=_ScriptedLM(dict(zip(contexts, generations))), task_dict={"gsm8k": task},
                        limit=n, log_samples=True, bootstrap_iters=0)
     theirs = _samples_by_doc(results)
@@ -186,7 +186,7 @@ def test_tiny_model_generates_and_scores_as_lm_eval(kind, shared_data, test_ques
     folder = request.getfixturevalue("tiny_llama_dir" if kind == "llama" else "tiny_qwen_dir")
     model = _sharp(AutoModelForCausalLM.from_pretrained(folder))
     n, new_tokens = 3, 16
-    ours = G.evaluate_gsm8k(model, AutoTokenizer.from_pretrained(folder), None, test_questions[:n],
+    ours = G.evaluate_generation(model, AutoTokenizer.from_pretrained(folder), None, test_questions[:n],
                             shots=5, data_dir=shared_data, batch_size=n, max_new_tokens=new_tokens,
                             progress=False)
     task = _make_task(shared_data, 5, generation_kwargs={"max_gen_toks": new_tokens})

@@ -5,6 +5,7 @@ import pytest
 
 from zhtune.data import benchmarks as B
 from zhtune.data import prompts as P
+from zhtune.data.specs import load_spec
 from zhtune.models.families import get_family
 
 
@@ -104,9 +105,9 @@ def test_gsm8k_prompt_exact(shared_data):
             "bakes muffins for her friends every day with four. She sells the remainder at the farmers' "
             "market daily for $2 per fresh duck egg. How much in dollars does she make every day at the "
             "farmers' market?\nAnswer:")
-    assert P.gsm8k_prefix([]) + P.gsm8k_item(q) == item
+    assert P.generation_prefix("gsm8k", []) + P.generation_item(q) == item
     shots = B.few_shot_examples("gsm8k", "main", 2, data_dir=shared_data)
-    assert P.gsm8k_prefix(shots) + P.gsm8k_item(q) == (
+    assert P.generation_prefix("gsm8k", shots) + P.generation_item(q) == (
         "Question: Natalia sold clips to 48 of her friends in April, and then she sold half as many "
         "clips in May. How many clips did Natalia sell altogether in April and May?\n"
         "Answer: Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
@@ -119,11 +120,11 @@ def test_gsm8k_prompt_exact(shared_data):
 
 
 def test_gsm8k_cot_exemplars(shared_data):
-    text = P.gsm8k_prefix(B.few_shot_examples("gsm8k", "main", 3, data_dir=shared_data), cot=True)
+    text = P.generation_prefix("gsm8k", B.few_shot_examples("gsm8k", "main", 3, data_dir=shared_data), cot=True)
     assert text.count("Question: ") == 8 and text.count("\nAnswer: ") == 8  # shots are ignored
     assert text.startswith("Question: There are 15 trees in the grove. Grove workers will plant trees")
     assert "Answer: There are 15 trees originally." in text
-    answers = [a for _, a in P.GSM8K_COT_EXEMPLARS]
+    answers = [e.answer for e in load_spec("gsm8k").generation.cot_exemplars]
     assert [a.rsplit("The answer is ", 1)[1] for a in answers] == ["6.", "5.", "39.", "8.", "9.", "29.", "33.", "8."]
     assert text.endswith("23 - 15 is 8. The answer is 8.\n\n")
 
@@ -152,7 +153,7 @@ def test_wrap_chat_keeps_the_answer_cue_last(shared_data):
     assert "<|im_start|>user\n以下是中国关于计算机网络的单项选择题" in wrapped
     assert wrapped.count("答案：") == 1  # the cue moved out of the user turn, not copied
 
-    gsm = P.gsm8k_item(B.load_benchmark("gsm8k", data_dir=shared_data)[0])
+    gsm = P.generation_item(B.load_benchmark("gsm8k", data_dir=shared_data)[0])
     assert P.wrap_chat(tok, get_family("qwen2-instruct"), gsm).endswith("<|im_start|>assistant\nAnswer:")
 
     # a base Llama-2 tokenizer has no chat format: the harness prompt is used as is

@@ -176,7 +176,7 @@ def test_report_from_the_real_evaluator_output(tiny_llama_dir, shared_data, tmp_
     torch.manual_seed(0)
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), lora).save_pretrained(tmp_path / "demo")
-    ev = EvalConfig(limit=2, shots=1, gsm8k_shots=1, max_new_tokens=8, perplexity_chars=200,
+    ev = EvalConfig(limit=2, shots=1, generation_shots=1, max_new_tokens=8, perplexity_chars=200,
                     subjects=["computer_network", "chinese_literature", "marketing"])
     run_eval(ModelConfig(name_or_path=str(tiny_llama_dir)), ev, tmp_path / "eval", data_dir=shared_data,
              adapters=[str(tmp_path / "demo")], scales=[0.5, 1.0], progress=False)

@@ -2,7 +2,6 @@
 one spec file."""
 from __future__ import annotations
 
-import shutil
 
 import pytest
 
@@ -63,12 +62,11 @@ subjects:
 
 
 def test_a_new_benchmark_is_one_file(tmp_path, monkeypatch):
-    folder = tmp_path / "specs"
-    shutil.copytree(S._spec_files(), folder)
+    folder = tmp_path / "specs"  # the user's own spec folder, beside the shipped ones
+    folder.mkdir()
     (folder / "toy.yaml").write_text(TOY, encoding="utf-8")
-    monkeypatch.setattr(S, "_spec_files", lambda: folder)
-    S.list_specs.cache_clear()
-    S.load_spec.cache_clear()
+    monkeypatch.setenv(S.SPEC_PATH_ENV, str(folder))
+    assert "toy" in S.list_specs() and S.list_specs()[:4] == ("ceval", "cmmlu", "mmlu", "gsm8k")
     try:
         data = tmp_path / "data" / "toy"
         for split, rows in (("dev", "q,a,b,c,d,gold\nOne?,1,2,3,4,A\n"),
@@ -86,6 +84,15 @@ def test_a_new_benchmark_is_one_file(tmp_path, monkeypatch):
         with pytest.raises(UserError, match=r"small_things.csv: row 3 \(line 3\): no answer"):
             B.load_benchmark("toy", data_dir=tmp_path / "data")
     finally:
-        S.list_specs.cache_clear()
-        S.load_spec.cache_clear()
+        S.clear_spec_cache()
         B.clear_cache()
+
+
+def test_a_spec_folder_cannot_shadow_a_shipped_benchmark(tmp_path, monkeypatch):
+    (tmp_path / "mmlu.yaml").write_text(TOY.replace("name: toy", "name: mmlu"), encoding="utf-8")
+    monkeypatch.setenv(S.SPEC_PATH_ENV, str(tmp_path))
+    with pytest.raises(UserError, match=r"mmlu.yaml: a benchmark named 'mmlu' is already defined"):
+        S.list_specs()
+    monkeypatch.setenv(S.SPEC_PATH_ENV, str(tmp_path / "missing"))
+    with pytest.raises(UserError, match="ZHTUNE_BENCHMARK_PATH: .*missing is not a folder"):
+        S.load_spec("mmlu")

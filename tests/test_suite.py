@@ -91,7 +91,7 @@ def test_cloze_and_prompts_file(tiny_llama_dir, shared_data, tmp_path):
     acc_norm the headline), one prompts.jsonl line per question and formulation."""
     loaded = load_model(str(tiny_llama_dir))
     cfg = small_eval(benchmarks=["ceval", "mmlu", "gsm8k"], formulation="both", write_prompts=True,
-                     max_new_tokens=4, gsm8k_shots=1)
+                     max_new_tokens=4, generation_shots=1)
     result = evaluate_model(loaded.model, loaded.tokenizer, loaded.family, cfg, shared_data, progress=False)
     s = result.summary
     assert list(s["benchmarks"]) == ["ceval", "ceval_cloze", "mmlu", "mmlu_cloze", "gsm8k"]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from zhtune.errors import UserError
 from zhtune.io import atomic_write_text
@@ -142,9 +142,11 @@ class EvalConfig(_Section):
     write_prompts: bool = Field(False, description="Write prompts.jsonl: the exact context and continuations per question.")
     subjects: list[str] | None = Field(None, description="Only these subjects; None: all.")
     shots: int = Field(5, ge=0, description="Few-shot examples for multiple-choice benchmarks.")
-    gsm8k_shots: int = Field(5, ge=0, description="Few-shot examples for generation benchmarks (GSM8K).")
-    gsm8k_cot: bool = Field(False, description=(
-        "Generation benchmarks: the 8-shot chain-of-thought exemplars instead of seeded train shots."))
+    generation_shots: int = Field(5, ge=0, validation_alias=AliasChoices("generation_shots", "gsm8k_shots"),
+                                  description="Few-shot examples for generation benchmarks (GSM8K).")
+    generation_cot: bool = Field(False, validation_alias=AliasChoices("generation_cot", "gsm8k_cot"), description=(
+        "Generation benchmarks: the spec's chain-of-thought exemplars (GSM8K: Wei et al.'s 8) instead "
+        "of seeded few-shot draws."))
     limit: int | None = Field(None, gt=0, description=(
         "First N questions per subject (a generation benchmark: in all), deterministic; None: all."))
     max_per_benchmark: int | None = Field(None, gt=0, description=(

@@ -18,12 +18,13 @@ A prompt is ``description + (shot + target_delimiter + target + fewshot_delimite
 the shots are the first n of the subject's few-shot split (lm-eval's ``first_n`` sampler), n = 0
 leaves only the description.
 
-GSM8K: the style's ``generate`` formulation (lm-eval's ``gsm8k`` task): items
-``Question: {question}\\nAnswer:``, solved shots ``item + " " + solution + "\\n\\n"`` with the train
-solutions as written (calculator annotations ``<<…>>`` and the final ``#### N`` included), nothing
-stripped. Which train solutions each test question gets is ``gsm8k_exemplars`` (lm-eval's seeded
+Generation benchmarks (GSM8K): the style's ``generate`` formulation (lm-eval's ``gsm8k`` task):
+items ``Question: {question}\\nAnswer:``, solved shots ``item + " " + solution + "\\n\\n"`` with the
+train solutions as written (calculator annotations ``<<…>>`` and the final ``#### N`` included),
+nothing stripped. Which solutions each question gets is ``generation_exemplars`` (lm-eval's seeded
 random draws, a different 5 per question). The chain-of-thought variant (zhtune's own, not the
-layout of lm-eval's ``gsm8k-cot``) puts the 8 exemplars of Wei et al. (2022) in the same layout.
+layout of lm-eval's ``gsm8k-cot``) puts the spec's ``generation.cot_exemplars`` (GSM8K: the 8 of Wei
+et al. 2022) in the same layout.
 """
 from __future__ import annotations
 
@@ -42,42 +43,6 @@ def _cues() -> tuple[str, ...]:
 
 # Every answer cue of every spec (wrap_chat moves the one a prompt ends with after the chat turn).
 ALL_ANSWER_CUES = _cues()
-
-# Wei et al. 2022, "Chain-of-Thought Prompting Elicits Reasoning in Large Language Models", table 20:
-# the 8 exemplars lm-evaluation-harness uses for gsm8k_cot. Each answer ends "The answer is N."
-GSM8K_COT_EXEMPLARS: tuple[tuple[str, str], ...] = (
-    ("There are 15 trees in the grove. Grove workers will plant trees in the grove today. After they "
-     "are done, there will be 21 trees. How many trees did the grove workers plant today?",
-     "There are 15 trees originally. Then there were 21 trees after some more were planted. So there "
-     "must have been 21 - 15 = 6. The answer is 6."),
-    ("If there are 3 cars in the parking lot and 2 more cars arrive, how many cars are in the "
-     "parking lot?",
-     "There are originally 3 cars. 2 more cars arrive. 3 + 2 = 5. The answer is 5."),
-    ("Leah had 32 chocolates and her sister had 42. If they ate 35, how many pieces do they have "
-     "left in total?",
-     "Originally, Leah had 32 chocolates. Her sister had 42. So in total they had 32 + 42 = 74. "
-     "After eating 35, they had 74 - 35 = 39. The answer is 39."),
-    ("Jason had 20 lollipops. He gave Denny some lollipops. Now Jason has 12 lollipops. How many "
-     "lollipops did Jason give to Denny?",
-     "Jason started with 20 lollipops. Then he had 12 after giving some to Denny. So he gave Denny "
-     "20 - 12 = 8. The answer is 8."),
-    ("Shawn has five toys. For Christmas, he got two toys each from his mom and dad. How many toys "
-     "does he have now?",
-     "Shawn started with 5 toys. If he got 2 toys each from his mom and dad, then that is 4 more "
-     "toys. 5 + 4 = 9. The answer is 9."),
-    ("There were nine computers in the server room. Five more computers were installed each day, "
-     "from monday to thursday. How many computers are now in the server room?",
-     "There were originally 9 computers. For each of 4 days, 5 more computers were added. So 5 * 4 "
-     "= 20 computers were added. 9 + 20 is 29. The answer is 29."),
-    ("Michael had 58 golf balls. On tuesday, he lost 23 golf balls. On wednesday, he lost 2 more. "
-     "How many golf balls did he have at the end of wednesday?",
-     "Michael started with 58 golf balls. After losing 23 on tuesday, he had 58 - 23 = 35. After "
-     "losing 2 more, he had 35 - 2 = 33 golf balls. The answer is 33."),
-    ("Olivia has $23. She bought five bagels for $3 each. How much money does she have left?",
-     "Olivia had 23 dollars. 5 bagels for 3 dollars each will be 5 x 3 = 15 dollars. So she has "
-     "23 - 15 dollars left. 23 - 15 is 8. The answer is 8."),
-)
-
 
 def _check_choice(benchmark: str) -> None:
     if not is_multiple_choice(benchmark):
@@ -171,81 +136,106 @@ def choice_prompt(benchmark: str, subject: str, shots: Sequence[Question], q: Qu
             + choice_item(benchmark, q, False, style, formulation))
 
 
-def _gsm8k_form(style: str) -> FormulationSpec:
-    return formulation_spec("gsm8k", style, "generate")
+def _generate_form(benchmark: str, style: str) -> FormulationSpec:
+    return formulation_spec(benchmark, style, "generate")
 
 
-def _gsm8k_style(style: str):
-    return load_spec("gsm8k").style(style)
-
-
-def _gsm8k_fields(question: str, answer: str | None) -> dict:
+def _generate_fields(question: str, answer: str | None) -> dict:
     return {"question": question, "answer": answer}
 
 
-def gsm8k_item(q: Question, style: str = DEFAULT_STYLE) -> str:
-    """The question to solve, ``Question: {question}\\nAnswer:``; the model writes the rest."""
-    return render(_gsm8k_form(style).template, _gsm8k_fields(q.question, q.answer))
+def generation_item(q: Question, style: str = DEFAULT_STYLE) -> str:
+    """The question to solve (GSM8K: ``Question: {question}\\nAnswer:``); the model writes the rest."""
+    return render(_generate_form(q.benchmark, style).template, _generate_fields(q.question, q.answer))
 
 
-def gsm8k_target(q: Question, style: str = DEFAULT_STYLE) -> str:
+def generation_target(q: Question, style: str = DEFAULT_STYLE) -> str:
     """A question's solution as a shot's answer, and the reference exact_match compares with."""
     if q.answer is None:
         raise ValueError(f"{q.key}: no solution")
-    return render(_gsm8k_form(style).target, _gsm8k_fields(q.question, q.answer))
+    return render(_generate_form(q.benchmark, style).target, _generate_fields(q.question, q.answer))
 
 
-def _gsm8k_shot(question: str, answer: str, style: str) -> str:
-    form = _gsm8k_form(style)
-    fields = _gsm8k_fields(question, answer)
+def _generate_shot(benchmark: str, question: str, answer: str, style: str) -> str:
+    form = _generate_form(benchmark, style)
+    fields = _generate_fields(question, answer)
     return (render(form.template, fields) + form.target_delimiter + render(form.target, fields)
             + form.fewshot_delimiter)
 
 
-def gsm8k_prefix(shots: Sequence[Question], cot: bool = False, style: str = DEFAULT_STYLE) -> str:
+def generation_prefix(benchmark: str, shots: Sequence[Question], cot: bool = False,
+                      style: str = DEFAULT_STYLE) -> str:
     """The style's description, then the solved ``shots`` in the order given; with ``cot=True``
-    the 8 chain-of-thought exemplars instead (``shots`` is then ignored)."""
-    form = _gsm8k_form(style)
-    description = form.description if form.description is not None else _gsm8k_style(style).description
+    the spec's chain-of-thought exemplars instead (``shots`` is then ignored)."""
+    spec = load_spec(benchmark)
+    form = _generate_form(benchmark, style)
+    description = form.description if form.description is not None else spec.style(style).description
     if cot:
-        return description + "".join(_gsm8k_shot(q, a, style) for q, a in GSM8K_COT_EXEMPLARS)
+        exemplars = spec.generation.cot_exemplars if spec.generation else []
+        if not exemplars:
+            raise ValueError(f"{benchmark}: its spec has no chain-of-thought exemplars (generation.cot_exemplars)")
+        return description + "".join(_generate_shot(benchmark, e.question, e.answer, style) for e in exemplars)
     for s in shots:
         if s.answer is None:
             raise ValueError(f"{s.key}: a few-shot example needs an answer")
-    return description + "".join(_gsm8k_shot(s.question, s.answer or "", style) for s in shots)
+    return description + "".join(_generate_shot(benchmark, s.question, s.answer or "", style) for s in shots)
 
 
-def gsm8k_exemplars(questions: Sequence[Question], shots: int, style: str = DEFAULT_STYLE,
-                    data_dir=None) -> list[list[Question]]:
-    """The solved train examples each question is shown, in prompt order.
+def seeded_draws(pool_size: int, shots: int, seed: int, count: int) -> list[list[int]]:
+    """The few-shot indices (into the few-shot split, in drawn order) of the first ``count``
+    evaluated documents, as lm-evaluation-harness 0.4.13's default sampler draws them: one
+    ``random.Random(seed)`` per task, one ``sample(pool, shots)`` per document in document order.
 
-    ``first_n`` style: the first ``shots`` of train for every question. ``random`` (lm-eval's
-    default sampler): question *i* of the test file gets the *i*-th seeded draw of a run over the
-    whole test file, so a subset (``--limit``, a cap) sees the prompts a full run would, exactly as
-    lm-eval's ``--limit`` does (``zhtune.eval.gsm8k_lmeval.seeded_draws``).
+    ``Random.sample`` picks positions from the pool's length only, so sampling ``range(pool_size)``
+    gives the indices of exactly the documents lm-eval draws from its list of train documents. With
+    ``--limit N`` lm-eval builds only the first N documents, which get exactly the draws they get in
+    a full run; zhtune keeps that for any subset (question *i* of the file gets the *i*-th draw).
+    """
+    import random
+
+    if shots < 0 or count < 0:
+        raise ValueError("shots and count must be >= 0")
+    if shots == 0:
+        return [[] for _ in range(count)]  # lm-eval does not draw at all for 0-shot
+    if shots > pool_size:
+        raise ValueError(f"{shots} shots requested from a few-shot split of {pool_size}")
+    rnd = random.Random(seed)
+    return [rnd.sample(range(pool_size), shots) for _ in range(count)]
+
+
+def generation_exemplars(questions: Sequence[Question], shots: int, style: str = DEFAULT_STYLE,
+                         data_dir=None) -> list[list[Question]]:
+    """The solved few-shot examples each question of a generation benchmark is shown, in prompt order.
+
+    ``first_n`` style: the first ``shots`` of the few-shot split for every question. ``random``
+    (lm-eval's default sampler): question *i* of its split gets the *i*-th seeded draw of a run over
+    the whole split (``seeded_draws``), so a subset (``--limit``, a cap) sees the prompts a full run
+    would, exactly as lm-eval's ``--limit`` does.
     """
     from zhtune.data.benchmarks import load_benchmark
-    from zhtune.data.specs import load_spec
-    from zhtune.eval.gsm8k_lmeval import seeded_draws
 
     if shots == 0 or not questions:
         return [[] for _ in questions]
-    spec = load_spec("gsm8k")
-    pool = load_benchmark("gsm8k", spec.splits.few_shot, data_dir=data_dir)
+    benchmark = questions[0].benchmark
+    if any(q.benchmark != benchmark for q in questions):
+        raise ValueError("generation_exemplars: the questions come from more than one benchmark")
+    spec = load_spec(benchmark)
+    pool = load_benchmark(benchmark, spec.splits.few_shot, data_dir=data_dir)
     if shots > len(pool):
-        raise ValueError(f"{shots} GSM8K shots requested; the {spec.splits.few_shot} split has {len(pool)}")
-    if _gsm8k_style(style).fewshot_sampler == "first_n":
+        raise ValueError(f"{shots} {spec.title} shots requested; the {spec.splits.few_shot} split has {len(pool)}")
+    if spec.style(style).fewshot_sampler == "first_n":
         return [list(pool[:shots]) for _ in questions]
     index: dict[str, dict[str, int]] = {}  # split -> question key -> position in the file
     positions = []
     for q in questions:
         if q.split not in index:
-            split = load_benchmark("gsm8k", q.split, data_dir=data_dir)
+            split = load_benchmark(benchmark, q.split, data_dir=data_dir)
             index[q.split] = {x.key: i for i, x in enumerate(split)}
         if q.key not in index[q.split]:
-            raise ValueError(f"{q.key} is not a question of the GSM8K {q.split} split")
+            raise ValueError(f"{q.key} is not a question of the {spec.title} {q.split} split")
         positions.append(index[q.split][q.key])
-    draws = seeded_draws(len(pool), shots, spec.generation.fewshot_seed, max(positions) + 1)
+    seed = spec.generation.fewshot_seed if spec.generation else 1234
+    draws = seeded_draws(len(pool), shots, seed, max(positions) + 1)
     return [[pool[j] for j in draws[i]] for i in positions]
 
 

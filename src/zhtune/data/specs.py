@@ -22,13 +22,17 @@ the subject (``subject``, ``subject_words`` = the name with spaces for underscor
 ``name_zh``). A prompt is ``description + shot_1 + fewshot_delimiter + ... + shot_n +
 fewshot_delimiter + item``, a solved shot being ``item + target_delimiter + target``.
 
-Adding a benchmark is adding one file here (plus a reader in ``zhtune.data.benchmarks`` only for a
-file format that none of ``csv`` / ``jsonl`` covers).
+Adding a benchmark is adding one file here, or in a folder of your own named by the environment
+variable ``ZHTUNE_BENCHMARK_PATH`` (folders separated by ``os.pathsep``, as lm-eval's
+``--include_path``), plus a reader in ``zhtune.data.benchmarks`` only for a file format that none of
+``csv`` / ``jsonl`` covers. The spec's ``kind`` chooses the scorer; nothing else names a benchmark.
 """
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 from typing import Any, Literal
 
 import yaml
@@ -163,6 +167,12 @@ class ExactMatchSpec(_Spec):
     ignore_numbers: bool = Field(False, description="Delete the digits 0-9 from both.")
 
 
+class ExemplarSpec(_Spec):
+    """One solved example written into the spec (chain-of-thought exemplars)."""
+    question: str = Field(description="The question, filled into the generate template.")
+    answer: str = Field(description="The worked solution, filled into the generate target.")
+
+
 class GenerationSpec(_Spec):
     """How a generated answer is stopped, extracted and scored, and how the shots are drawn.
 
@@ -179,9 +189,13 @@ class GenerationSpec(_Spec):
     flexible: RegexFilterSpec = Field(description="lm-eval's 'flexible-extract' filter; its "
                                                   "exact_match is what 'accuracy' reports.")
     cot_strict: RegexFilterSpec | None = Field(
-        None, description="'strict-match' for zhtune's chain-of-thought variant (gsm8k_cot), whose "
+        None, description="'strict-match' for the chain-of-thought variant (eval.generation_cot), whose "
                           "exemplars end 'The answer is N.' (lm-eval gsm8k-cot's regex).")
-    exact_match: ExactMatchSpec = Field(default_factory=ExactMatchSpec)
+    cot_exemplars: list[ExemplarSpec] = Field(
+        default_factory=list, description="The fixed solved examples of the chain-of-thought variant "
+                                          "(eval.generation_cot), in prompt order.")
+    exact_match: ExactMatchSpec = Field(default_factory=ExactMatchSpec,
+                                        description="How a filtered answer is compared with the reference.")
 
 
 class BenchmarkSpec(_Spec):
@@ -190,7 +204,9 @@ class BenchmarkSpec(_Spec):
     title: str = Field(description="Display name ('C-Eval').")
     language: Literal["zh", "en"] = Field(description="Chinese benchmarks count as gain, English as "
                                                       "forgetting.")
-    kind: Literal["multiple_choice", "generation"]
+    kind: Literal["multiple_choice", "generation"] = Field(
+        description="multiple_choice: scored by letters or option log-likelihoods; generation: greedy "
+                    "generation, stopped, filtered and exact-matched as `generation` says.")
     files: FileSpec
     hub: HubSpec
     splits: SplitSpec
@@ -199,7 +215,7 @@ class BenchmarkSpec(_Spec):
                                     description="Groups beyond the categories (subjects' `groups`).")
     subjects: dict[str, SubjectSpec]
     styles: dict[str, StyleSpec]
-    generation: GenerationSpec | None = None
+    generation: GenerationSpec | None = Field(None, description="Required for kind generation.")
 
     @model_validator(mode="after")
     def _consistent(self) -> "BenchmarkSpec":
@@ -209,6 +225,8 @@ class BenchmarkSpec(_Spec):
             for g in s.groups:
                 if g not in self.extra_groups:
                     raise ValueError(f"subject {name}: group {g!r} not in extra_groups")
+        if self.kind == "generation" and self.generation is None:
+            raise ValueError("kind generation needs a generation section (stops, filters, exact_match)")
         missing = [s for s in STYLES if s not in self.styles]
         if missing:
             raise ValueError(f"styles {missing} missing (every benchmark has {list(STYLES)})")
@@ -249,8 +267,31 @@ class BenchmarkSpec(_Spec):
         return split not in self.splits.unlabeled
 
 
+SPEC_PATH_ENV = "ZHTUNE_BENCHMARK_PATH"  # extra spec folders, os.pathsep-separated
+
+
 def _spec_files():
     return resources.files(SPEC_PACKAGE).joinpath(SPEC_FOLDER)
+
+
+@lru_cache(maxsize=None)
+def _spec_sources(extra: str) -> dict[str, Any]:
+    """Spec name -> file: the shipped specs, then those in the ``ZHTUNE_BENCHMARK_PATH`` folders. A
+    name may be given once only, so a result can always be traced to one spec."""
+    sources: dict[str, Any] = {p.name[:-5]: p for p in _spec_files().iterdir() if p.name.endswith(".yaml")}
+    for folder in (Path(d).expanduser() for d in extra.split(os.pathsep) if d):
+        if not folder.is_dir():
+            raise UserError(f"{SPEC_PATH_ENV}: {folder} is not a folder of benchmark specs")
+        for path in sorted(folder.glob("*.yaml")):
+            if path.stem in sources:
+                raise UserError(f"{path}: a benchmark named {path.stem!r} is already defined "
+                                f"({sources[path.stem]}); give this one another name")
+            sources[path.stem] = path
+    return sources
+
+
+def _extra_path() -> str:
+    return os.environ.get(SPEC_PATH_ENV, "")
 
 
 def _format_error(name: str, err: ValidationError) -> str:
@@ -275,24 +316,39 @@ def parse_spec(text: str, source: str) -> BenchmarkSpec:
         raise UserError(_format_error(source.removesuffix(".yaml"), err)) from err
 
 
-@lru_cache(maxsize=None)
 def list_specs() -> tuple[str, ...]:
     """Names of the benchmarks with a spec, in the order C-Eval, CMMLU, MMLU, GSM8K, then the rest."""
-    names = sorted(p.name[:-5] for p in _spec_files().iterdir() if p.name.endswith(".yaml"))
+    return _list_specs(_extra_path())
+
+
+@lru_cache(maxsize=None)
+def _list_specs(extra: str) -> tuple[str, ...]:
+    names = sorted(_spec_sources(extra))
     first = [n for n in ("ceval", "cmmlu", "mmlu", "gsm8k") if n in names]
     return tuple(first + [n for n in names if n not in first])
 
 
-@lru_cache(maxsize=None)
 def load_spec(name: str) -> BenchmarkSpec:
     """The validated spec of a benchmark (cached)."""
-    if name not in list_specs():
-        raise UserError(f"unknown benchmark {name!r}; known: {', '.join(list_specs())}")
-    text = _spec_files().joinpath(f"{name}.yaml").read_text(encoding="utf-8")
+    return _load_spec(name, _extra_path())
+
+
+@lru_cache(maxsize=None)
+def _load_spec(name: str, extra: str) -> BenchmarkSpec:
+    sources = _spec_sources(extra)
+    if name not in sources:
+        raise UserError(f"unknown benchmark {name!r}; known: {', '.join(_list_specs(extra))}")
+    text = sources[name].read_text(encoding="utf-8")
     spec = parse_spec(text, f"{name}.yaml")
     if spec.name != name:
-        raise UserError(f"benchmark spec {name}.yaml: name is {spec.name!r}, expected {name!r}")
+        raise UserError(f"benchmark spec {sources[name]}: name is {spec.name!r}, expected {name!r}")
     return spec
+
+
+def clear_spec_cache() -> None:
+    """Forget the parsed specs (after a spec file changed in this process)."""
+    for cached in (_spec_sources, _list_specs, _load_spec):
+        cached.cache_clear()
 
 
 # ----------------------------------------------------------------------------- rendering

@@ -1,4 +1,4 @@
-"""GSM8K: greedy generation with per-sequence stop strings, and answer extraction.
+"""Generation benchmarks (GSM8K): greedy generation with per-sequence stop strings, and answer extraction.
 
 Generation is our own small greedy loop over ``model.forward`` rather than ``model.generate``,
 because we want what ``generate`` does not do:
@@ -16,9 +16,10 @@ Prompts are left-padded (joining prompts are padded between the shared prefix an
 tokens), and position ids skip the padding, so every sequence is computed as it would be alone:
 batched greedy output equals one-by-one greedy output and ``model.generate`` (tested).
 
-GSM8K is prompted, stopped and scored as the benchmark spec says (``resources/benchmarks/gsm8k.yaml``:
-lm-eval 0.4.13's ``gsm8k`` task): per-question seeded shots, the ``until`` stops plus the tokenizer's
-EOS, lm-eval's two regex filters and its ``exact_match`` (``zhtune.eval.gsm8k_lmeval``).
+A generation benchmark is prompted, stopped and scored as its spec says (GSM8K:
+``resources/benchmarks/gsm8k.yaml``, lm-eval 0.4.13's ``gsm8k`` task): per-question seeded shots, the
+``until`` stops plus the tokenizer's EOS, lm-eval's two regex filters and its ``exact_match``
+(``zhtune.eval.answer_filters``).
 """
 from __future__ import annotations
 
@@ -269,38 +270,46 @@ def generate_greedy(model: Any, tokenizer: Any, prompts: list[str], *, stop_stri
     return results
 
 
-# ----------------------------------------------------------------------------- GSM8K
+# ----------------------------------------------------------------------------- generation benchmarks
 
-def _gsm8k_spec():
+def _generation_spec(benchmark: str):
     from zhtune.data.specs import load_spec
 
-    return load_spec("gsm8k")
+    spec = load_spec(benchmark)
+    if spec.kind != "generation" or spec.generation is None:
+        raise ValueError(f"{benchmark} is not a generation benchmark (its spec's kind is {spec.kind})")
+    return spec
 
 
-def gsm8k_prompts(tokenizer: Any, family: Any, questions: Sequence[Question], *, shots: int = 5,
-                  cot: bool = False, data_dir=None, chat: bool = False,
-                  style: str = DEFAULT_STYLE) -> list[str]:
-    """One prompt per question: its solved shots (``gsm8k_exemplars``; with ``cot`` the 8 CoT
-    exemplars), then ``Question: {q}\nAnswer:``; in the chat template when ``chat``."""
-    from zhtune.data.prompts import gsm8k_exemplars, gsm8k_item, gsm8k_prefix, wrap_chat
+def generation_prompts(tokenizer: Any, family: Any, questions: Sequence[Question], *, shots: int = 5,
+                       cot: bool = False, data_dir=None, chat: bool = False,
+                       style: str = DEFAULT_STYLE) -> list[str]:
+    """One prompt per question: its solved shots (``generation_exemplars``; with ``cot`` the spec's
+    chain-of-thought exemplars), then the item (GSM8K: ``Question: {q}\\nAnswer:``); in the chat
+    template when ``chat``."""
+    from zhtune.data.prompts import generation_exemplars, generation_item, generation_prefix, wrap_chat
 
+    if not questions:
+        return []
+    benchmark = questions[0].benchmark
     if cot:
-        prefix = gsm8k_prefix([], cot=True, style=style)
-        texts = [prefix + gsm8k_item(q, style) for q in questions]
+        prefix = generation_prefix(benchmark, [], cot=True, style=style)
+        texts = [prefix + generation_item(q, style) for q in questions]
     else:
-        shots_of = gsm8k_exemplars(questions, shots, style, data_dir=data_dir)
-        texts = [gsm8k_prefix(s, style=style) + gsm8k_item(q, style) for q, s in zip(questions, shots_of)]
+        shots_of = generation_exemplars(questions, shots, style, data_dir=data_dir)
+        texts = [generation_prefix(benchmark, s, style=style) + generation_item(q, style)
+                 for q, s in zip(questions, shots_of)]
     if chat:
         texts = [wrap_chat(tokenizer, family, t) for t in texts]
     return texts
 
 
-def gsm8k_stop_strings(tokenizer: Any, family: Any = None, chat: bool = False) -> list[str]:
-    """The spec's ``until`` ('Question:', '</s>', '<|im_end|>') and the tokenizer's EOS as text,
-    as lm-eval stops; in a chat template (``chat``) also the family's turn-end stops."""
+def generation_stops(benchmark: str, tokenizer: Any, family: Any = None, chat: bool = False) -> list[str]:
+    """The spec's ``until`` (GSM8K: 'Question:', '</s>', '<|im_end|>') and the tokenizer's EOS as
+    text, as lm-eval stops; in a chat template (``chat``) also the family's turn-end stops."""
     from zhtune.models.families import stop_strings
 
-    stops = list(_gsm8k_spec().generation.until)
+    stops = list(_generation_spec(benchmark).generation.until)
     eos_id = getattr(tokenizer, "eos_token_id", None)
     if eos_id is not None:  # lm-eval adds decode([eos]) with special tokens kept
         stops.append(tokenizer.decode([eos_id], skip_special_tokens=False))
@@ -311,16 +320,16 @@ def gsm8k_stop_strings(tokenizer: Any, family: Any = None, chat: bool = False) -
 
 def score_generation(question: Question, generation: str, *, cot: bool = False,
                      style: str = DEFAULT_STYLE) -> GenerationPrediction:
-    """Both of lm-eval's filters, each judged by its ``exact_match`` against the reference."""
-    from zhtune.data.prompts import gsm8k_target
-    from zhtune.eval.gsm8k_lmeval import exact_match, normalize_for_match, regex_filter
+    """Both filters of the question's spec, each judged by its ``exact_match`` against the reference."""
+    from zhtune.data.prompts import generation_target
+    from zhtune.eval.answer_filters import exact_match, normalize_for_match, regex_filter
 
-    rules = _gsm8k_spec().generation
+    rules = _generation_spec(question.benchmark).generation
     strict_rule = rules.cot_strict if cot and rules.cot_strict else rules.strict
     strict = regex_filter(generation, strict_rule.regex, strict_rule.group_select, strict_rule.fallback)
     flexible = regex_filter(generation, rules.flexible.regex, rules.flexible.group_select,
                             rules.flexible.fallback)
-    reference = gsm8k_target(question, style)
+    reference = generation_target(question, style)
     options = rules.exact_match.model_dump()
     return GenerationPrediction(question=question, generation=generation, extracted_strict=strict,
                                 extracted_flexible=flexible,
@@ -329,18 +338,21 @@ def score_generation(question: Question, generation: str, *, cot: bool = False,
                                 correct=exact_match(flexible, reference, **options))
 
 
-def evaluate_gsm8k(model: Any, tokenizer: Any, family: Any, questions: Sequence[Question], *,
-                   shots: int = 5, cot: bool = False, data_dir=None, batch_size: int = 8,
-                   max_new_tokens: int = 256, chat: bool = False, style: str = DEFAULT_STYLE,
-                   progress: bool = True) -> list[GenerationPrediction]:
-    """Generate an answer for each GSM8K question and score it strictly and flexibly."""
+def evaluate_generation(model: Any, tokenizer: Any, family: Any, questions: Sequence[Question], *,
+                        shots: int = 5, cot: bool = False, data_dir=None, batch_size: int = 8,
+                        max_new_tokens: int = 256, chat: bool = False, style: str = DEFAULT_STYLE,
+                        progress: bool = True) -> list[GenerationPrediction]:
+    """Generate an answer for each question of one generation benchmark and score it strictly and
+    flexibly, as its spec says."""
+    if not questions:
+        return []
     unlabeled = [q.key for q in questions if not q.answer]
     if unlabeled:
-        raise ValueError(f"GSM8K questions without a solution: {', '.join(unlabeled[:5])}")
-    texts = gsm8k_prompts(tokenizer, family, questions, shots=shots, cot=cot, data_dir=data_dir,
-                          chat=chat, style=style)
-    generations = generate_greedy(model, tokenizer, texts,
-                                  stop_strings=gsm8k_stop_strings(tokenizer, family, chat),
+        raise ValueError(f"questions without a solution: {', '.join(unlabeled[:5])}")
+    texts = generation_prompts(tokenizer, family, questions, shots=shots, cot=cot, data_dir=data_dir,
+                               chat=chat, style=style)
+    stops = generation_stops(questions[0].benchmark, tokenizer, family, chat)
+    generations = generate_greedy(model, tokenizer, texts, stop_strings=stops,
                                   max_new_tokens=max_new_tokens, batch_size=batch_size,
                                   progress=progress)
     return [score_generation(q, g, cot=cot, style=style) for q, g in zip(questions, generations)]

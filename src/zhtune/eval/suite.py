@@ -91,7 +91,7 @@ def _round_robin(questions: list, cap: int | None) -> list:
 
 def load_questions(eval_cfg: EvalConfig, data_dir=None) -> dict[str, list]:
     """The questions of every selected benchmark, deterministic: ``limit`` = first N per subject
-    (GSM8K: first N overall), then ``max_per_benchmark`` taken round-robin over subjects."""
+    (a generation benchmark: first N overall), then ``max_per_benchmark`` taken round-robin over subjects."""
     from zhtune.data.benchmarks import default_split, load_benchmark
 
     per_benchmark = _select_subjects(eval_cfg.benchmarks, eval_cfg.subjects, data_dir)
@@ -116,7 +116,8 @@ def eval_settings(eval_cfg: EvalConfig) -> dict:
     return {
         "benchmarks": list(eval_cfg.benchmarks),
         "splits": {b: default_split(b) for b in eval_cfg.benchmarks},
-        "shots": eval_cfg.shots, "gsm8k_shots": eval_cfg.gsm8k_shots, "gsm8k_cot": eval_cfg.gsm8k_cot,
+        "shots": eval_cfg.shots, "generation_shots": eval_cfg.generation_shots,
+        "generation_cot": eval_cfg.generation_cot,
         "chat": eval_cfg.chat, "limit": eval_cfg.limit, "subjects": eval_cfg.subjects,
         "max_per_benchmark": eval_cfg.max_per_benchmark,
         "max_new_tokens": eval_cfg.max_new_tokens,
@@ -225,7 +226,7 @@ def _cloze_rows(preds, style: str) -> list[dict]:
              "correct": p.correct_norm, "correct_unnormalized": p.correct} for p in preds]
 
 
-def _gsm8k_rows(preds) -> list[dict]:
+def _generation_rows(preds) -> list[dict]:
     return [{**_base_row(p.question), "gold": p.gold, "pred": p.extracted_flexible,
              "generation": p.generation, "extracted_strict": p.extracted_strict,
              "extracted_flexible": p.extracted_flexible, "correct_strict": p.correct_strict,
@@ -253,13 +254,14 @@ def _perplexity(model, tokenizer, eval_cfg: EvalConfig, data_dir) -> dict:
 def _prompt_records(model, tokenizer, family, b: str, qs: list, eval_cfg: EvalConfig, data_dir,
                     formulation: str) -> list[dict]:
     """One ``prompts.jsonl`` line per question: the exact context and the scored continuations
-    (GSM8K: the stop strings), built by the same functions the scoring uses."""
+    (generation benchmarks: the stop strings), built by the same functions the scoring uses."""
     if not is_multiple_choice(b):
-        from zhtune.eval.generation import gsm8k_prompts, gsm8k_stop_strings
+        from zhtune.eval.generation import generation_prompts, generation_stops
 
-        texts = gsm8k_prompts(tokenizer, family, qs, shots=eval_cfg.gsm8k_shots, cot=eval_cfg.gsm8k_cot,
-                              data_dir=data_dir, chat=eval_cfg.chat, style=eval_cfg.style)
-        until = gsm8k_stop_strings(tokenizer, family, eval_cfg.chat)
+        texts = generation_prompts(tokenizer, family, qs, shots=eval_cfg.generation_shots,
+                                   cot=eval_cfg.generation_cot, data_dir=data_dir, chat=eval_cfg.chat,
+                                   style=eval_cfg.style)
+        until = generation_stops(b, tokenizer, family, eval_cfg.chat)
         return [{**_base_row(q, eval_cfg.style), "formulation": "generate", "context": t,
                  "until": until} for q, t in zip(qs, texts)]
     from zhtune.data.prompts import continuations
@@ -308,15 +310,15 @@ def evaluate_model(model, tokenizer, family, eval_cfg: EvalConfig, data_dir=None
             t0 = time.perf_counter()
             name = b + CLOZE_SUFFIX if formulation == "cloze" else b
             if formulation == "generate":
-                from zhtune.eval.generation import evaluate_gsm8k
+                from zhtune.eval.generation import evaluate_generation
 
-                preds = evaluate_gsm8k(model, tokenizer, family, qs, shots=eval_cfg.gsm8k_shots,
-                                       cot=eval_cfg.gsm8k_cot, data_dir=data_dir,
+                preds = evaluate_generation(model, tokenizer, family, qs, shots=eval_cfg.generation_shots,
+                                       cot=eval_cfg.generation_cot, data_dir=data_dir,
                                        batch_size=eval_cfg.batch_size,
                                        max_new_tokens=eval_cfg.max_new_tokens, chat=eval_cfg.chat,
                                        style=style, progress=progress)
                 seconds = time.perf_counter() - t0
-                b_rows = _gsm8k_rows(preds)
+                b_rows = _generation_rows(preds)
                 flexible = accuracy_stats([r["correct"] for r in b_rows])
                 strict = accuracy_stats([r["correct_strict"] for r in b_rows])
                 entry = {**flexible, "metric": "accuracy_flexible", "accuracy_strict": strict["accuracy"],

@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 # The default probe set's metrics (other benchmarks add probe/<name>_acc).
 PROBE_KEYS = ("probe/ceval_acc", "probe/mmlu_acc", "probe/zh_bpc", "probe/en_bpc")
-GSM8K_PROBE_TOKENS = 256  # generation length of a generation benchmark's probe questions
+GENERATION_PROBE_TOKENS = 256  # generation length of a generation benchmark's probe questions
 
 
 @dataclass
@@ -91,11 +91,11 @@ def _accuracy(model, tokenizer, family, benchmark: str, questions: list[Question
                              chat=False, family=family, progress=False,
                              style=probes.style)
     else:
-        from zhtune.eval.generation import evaluate_gsm8k
+        from zhtune.eval.generation import evaluate_generation
 
-        preds = evaluate_gsm8k(model, tokenizer, family, questions, shots=probes.shots,
+        preds = evaluate_generation(model, tokenizer, family, questions, shots=probes.shots,
                                data_dir=probes.data_dir, batch_size=batch_size,
-                               max_new_tokens=GSM8K_PROBE_TOKENS, style=probes.style, progress=False)
+                               max_new_tokens=GENERATION_PROBE_TOKENS, style=probes.style, progress=False)
     return sum(p.correct for p in preds) / len(preds)
 
 

@@ -1,16 +1,9 @@
-"""The rules of lm-evaluation-harness 0.4.13's ``gsm8k`` task, written as plain functions.
+"""Answer extraction and matching for generation benchmarks: lm-evaluation-harness 0.4.13's rules
+as plain functions, applied with the options a benchmark spec's ``generation`` section names.
 
-What they reproduce (read from lm-eval's ``api/samplers.py``, ``api/task.py``,
-``filters/extraction.py``, ``api/metrics.py``; the parity tests compare against lm-eval itself):
+What they reproduce (read from lm-eval's ``filters/extraction.py`` and ``api/metrics.py``; the
+parity tests compare against lm-eval itself):
 
-* **Few-shot draws** (``seeded_draws``): lm-eval's default sampler is one ``random.Random(1234)``
-  per task; building the requests in document order, it calls ``sample(train, 5)`` once per test
-  question, so every question gets its own 5 exemplars, in the order drawn. With ``--limit N``
-  lm-eval builds only the first N questions, which get exactly the draws they get in a full run.
-  zhtune keeps that property for any subset: the exemplars of test question *i* (its position in
-  the test file) are the *i*-th draw of a full run, whichever other questions are evaluated.
-  (lm-eval's ``--samples`` option instead draws for the chosen questions one after another; a
-  subset that is not a prefix of the test set can therefore get other exemplars there.)
 * **Filters** (``regex_filter``): ``re.findall`` of the pattern; ``group_select`` picks one match
   (0 the first, -1 the last); a match with several groups keeps its first non-empty group; the
   result is stripped; no match gives the fallback ``[invalid]``. One greedy response per question,
@@ -20,32 +13,16 @@ What they reproduce (read from lm-eval's ``api/samplers.py``, ``api/task.py``,
   lower-cased (``ignore_case``), then compared. For GSM8K the reference loses everything up to its
   last ``"#### "``; the prediction keeps what the regexes leave, so ``"18.00"`` stays ``"18.00"``
   and does not equal ``"18"``.
+
+The few-shot draws (lm-eval's seeded sampler) are prompt data: ``zhtune.data.prompts.seeded_draws``.
 """
 from __future__ import annotations
 
-import random
 import re
 import string
 from typing import Iterable, Sequence
 
 FALLBACK = "[invalid]"  # lm-eval's RegexFilter output when nothing matches
-
-
-def seeded_draws(pool_size: int, shots: int, seed: int, count: int) -> list[list[int]]:
-    """The few-shot indices (into the few-shot split, in drawn order) of the first ``count``
-    evaluated documents: one ``random.Random(seed)``, one ``sample(pool, shots)`` per document.
-
-    ``Random.sample`` picks positions from the pool's length only, so sampling ``range(pool_size)``
-    gives the indices of exactly the documents lm-eval draws from its list of train documents.
-    """
-    if shots < 0 or count < 0:
-        raise ValueError("shots and count must be >= 0")
-    if shots == 0:
-        return [[] for _ in range(count)]  # lm-eval does not draw at all for 0-shot
-    if shots > pool_size:
-        raise ValueError(f"{shots} shots requested from a few-shot split of {pool_size}")
-    rnd = random.Random(seed)
-    return [rnd.sample(range(pool_size), shots) for _ in range(count)]
 
 
 def regex_filter(text: str, pattern: str, group_select: int = 0, fallback: str = FALLBACK) -> str:
