@@ -100,7 +100,7 @@ def register(app: typer.Typer) -> None:
             help=flag_help("eval.batch_tokens", "Multiple choice: question tokens per forward pass")),
         dtype: Optional[str] = typer.Option(None, "--dtype",
             help="auto, float32, bfloat16 or float16 (auto: bf16 on GPUs, fp32 on CPU; on the CPU only "
-                 "float32 is allowed, see README)."),
+                 "float32 is allowed, see docs/measurements.md)."),
         device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1, mps."),
         chat: Optional[bool] = typer.Option(None, "--chat/--no-chat",
             help="Wrap prompts in the model's chat template."),
