@@ -94,7 +94,7 @@ def register(app: typer.Typer) -> None:
         batch_tokens: Optional[int] = typer.Option(None, "--batch-tokens", min=1,
             help=flag_help("eval.batch_tokens")),
         dtype: Optional[str] = typer.Option(None, "--dtype",
-            help=flag_help("model.dtype", "on the CPU only float32 is allowed")),
+            help=flag_help("model.dtype", "on the CPU evaluation allows only float32: docs/measurements.md")),
         device: Optional[str] = typer.Option(None, "--device", help=flag_help("model.device")),
         chat: Optional[bool] = typer.Option(None, "--chat/--no-chat",
             help=flag_help("eval.chat")),
