@@ -31,7 +31,7 @@ class ModelConfig(_Section):
     family: str | None = Field(None, description=(
         "Model family record (chat format, stops, LoRA defaults); None: detected from config.json."))
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="dtype the weights are loaded in; auto: bf16 on GPUs with native bf16, fp32 on the CPU.")
+        "auto", description="dtype the weights are loaded in; auto: bf16 on GPUs with native bf16, fp16 on older GPUs, fp32 on the CPU.")
     device: str = Field("auto", description="Device of this process: auto, cpu, cuda, cuda:1 or mps.")
     trust_remote_code: bool = Field(False, description=(
         "Run Python code shipped with the checkpoint (off: only architectures transformers knows)."))
