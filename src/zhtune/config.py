@@ -199,6 +199,19 @@ class SweepConfig(_Section):
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
 
 
+class TrackingConfig(_Section):
+    backend: Literal["none", "tensorboard", "mlflow", "wandb"] = Field("none", description=(
+        "Where the whole experiment is logged: the resolved config and fingerprints, every evaluation's "
+        "accuracies, the comparison's changes, intervals and verdicts, the report; a sweep as one parent "
+        "run with a run per grid point. none: nothing (no tracker is imported)."))
+    project: str | None = Field(None, description=(
+        "MLflow experiment or W&B project the runs go to; None: zhtune."))
+    uri: str | None = Field(None, description=(
+        "MLflow: tracking URI (sqlite:///mlflow.db, http://HOST:5000); None: MLFLOW_TRACKING_URI, else "
+        "MLflow's default. W&B: folder for its run files (None: the output folder). TensorBoard: log "
+        "folder (None: OUT/tensorboard)."))
+
+
 class ExperimentConfig(_Section):
     name: str = "experiment"
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -209,6 +222,7 @@ class ExperimentConfig(_Section):
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
 
 def _parse_value(text: str) -> Any:
