@@ -264,3 +264,40 @@ def test_tensorboard_event_files(tmp_path, fake_run):
     assert [e.step for e in acc.Scalars("train/loss")] == list(range(10, 110, 10))
     verdict = acc.Tensors("verdict/benchmark/mmlu/text_summary")[0].tensor_proto.string_val[0]
     assert verdict == b"forgot"
+
+
+@pytest.mark.slow
+def test_run_logs_the_whole_experiment_to_mlflow(tiny_llama_dir, shared_data, tmp_path, in_tmp, mlflow_uri):
+    """`zhtune run --report-to mlflow` end to end (tiny model): the hook in run_experiment; a second run
+    whose stages are all up to date logs the same values, read from the stage files."""
+    from mlflow import MlflowClient
+    from typer.testing import CliRunner
+
+    from experiment_helpers import tiny_config
+    from zhtune.cli import app
+
+    raw = tiny_config(tiny_llama_dir, tmp_path / "run", tmp_path / "cache")
+    raw["tracking"] = {"uri": mlflow_uri, "project": "e2e"}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    for _ in range(2):
+        res = CliRunner().invoke(app, ["run", str(tmp_path / "tiny.yaml"), "--data-dir", str(shared_data),
+                                       "--report-to", "mlflow"])
+        assert res.exit_code == 0, res.output
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    runs = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    cfg = config_from_dict(raw)
+    fps = stage_fingerprints(cfg, Path(shared_data).resolve())
+    out = tmp_path / "run"
+    cmp = read_json(out / "compare" / "comparison.json")
+    base = read_json(baseline_dir(cfg, Path(shared_data).resolve()) / "base" / "summary.json")["benchmarks"]
+    tuned = read_json(out / "eval" / "tiny" / "summary.json")["benchmarks"]
+    for run in runs:
+        data = run.data
+        assert data.params["fingerprint"] == fps["report"] and data.params["config.tracking.backend"] == "mlflow"
+        assert data.metrics["base/ceval/accuracy"] == pytest.approx(base["ceval"]["accuracy"])
+        assert data.metrics["tuned/mmlu/stderr"] == pytest.approx(tuned["mmlu"]["stderr"])
+        assert data.metrics["compare/english_forgetting/ci_high"] == pytest.approx(cmp["english_forgetting"]["ci_high"])
+        assert data.tags["verdict/english_forgetting"] == cmp["english_forgetting"]["verdict"]
+        assert "report/report.html" in {a.path for a in client.list_artifacts(run.info.run_id, "report")}
+        assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 6
