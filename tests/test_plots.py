@@ -9,7 +9,7 @@ from matplotlib import font_manager
 from matplotlib.figure import Figure
 
 from fixtures_eval import PNG_MAGIC, write_standard_pair, write_train_dir
-from zhtune.analysis import plots
+from zhtune.analysis import fonts, plots
 from zhtune.analysis.forgetting import compare_runs
 from zhtune.errors import UserError
 
@@ -33,8 +33,9 @@ def glyph_problems(record, caplog) -> list[str]:
 
 
 def test_cjk_font_has_glyphs_for_every_label(comparison):
-    font = plots.cjk_font()
-    labels = "".join(plots.ability_axes(comparison)) + "".join(plots.CATEGORY_ZH.values()) + plots.PROBE_TEXT
+    font = fonts.cjk_font()
+    assert font is not None, "no CJK font: scripts/install_system_deps.sh installs one"
+    labels = "".join(plots.ability_axes(comparison)) + "".join(plots.CATEGORY_ZH.values()) + fonts.PROBE_TEXT
     chinese = {ch for ch in labels if "\u4e00" <= ch <= "\u9fff"}
     assert len(chinese) > 10
     # fontTools' own reading of the font's character map, independent of matplotlib.
@@ -43,13 +44,13 @@ def test_cjk_font_has_glyphs_for_every_label(comparison):
     with TTFont(font.fname, fontNumber=font.index, lazy=True) as tt:
         cmap = tt.getBestCmap()
     assert {ch for ch in chinese if ord(ch) not in cmap} == set()
-    assert plots.missing_glyphs(labels, font) == set()
+    assert fonts.missing_glyphs(labels, font) == set()
 
 
 def test_glyph_check_and_warning_check_can_fail():
     """A Latin-only font lacks Chinese glyphs, and drawing Chinese with it warns: the checks above bite."""
     dejavu = next(f for f in font_manager.fontManager.ttflist if f.name == "DejaVu Sans")
-    assert plots.missing_glyphs("中文 ok", dejavu) == {"中", "文"}
+    assert fonts.missing_glyphs("中文 ok", dejavu) == {"中", "文"}
     import io
 
     import matplotlib
@@ -62,15 +63,19 @@ def test_glyph_check_and_warning_check_can_fail():
     assert any("Glyph" in str(w.message) and "missing" in str(w.message) for w in rec)
 
 
-def test_missing_cjk_font_fails_loudly(monkeypatch):
-    monkeypatch.setattr(plots, "CJK_FONT_NAMES", ("No Such Font SC",))
-    monkeypatch.setattr(plots, "_CJK_FILE_HINTS", ("no-such-font-file",))
-    plots.cjk_font.cache_clear()
+def test_missing_cjk_font_means_english_labels_not_an_error(monkeypatch, caplog):
+    """Without a CJK font the charts are labelled in English (tests/test_fonts.py draws them)."""
+    monkeypatch.setattr(fonts, "CJK_FONT_NAMES", ("No Such Font SC",))
+    monkeypatch.setattr(fonts, "_CJK_FILE_HINTS", ("no-such-font-file",))
+    monkeypatch.delenv(fonts.FONT_FILE_ENV, raising=False)
+    fonts.cjk_font.cache_clear()
     try:
-        with pytest.raises(plots.MissingFontError, match="install_system_deps.sh"):
-            plots.cjk_font()
+        assert fonts.cjk_font() is None and not fonts.chinese_labels()
+        assert fonts.chart_fonts() == [fonts.FALLBACK_FONT]
+        assert any("no CJK font found" in r.getMessage() and "ZHTUNE_CJK_FONT" in r.getMessage()
+                   for r in caplog.records)
     finally:
-        plots.cjk_font.cache_clear()
+        fonts.cjk_font.cache_clear()
 
 
 def test_radar_subjects_and_pareto_render_without_glyph_warnings(comparison, tmp_path, caplog):

@@ -219,6 +219,19 @@ class SweepConfig(_Section):
     slurm: SlurmConfig = Field(default_factory=SlurmConfig, description="Slurm job settings.")
 
 
+class TrackingConfig(_Section):
+    backend: Literal["none", "tensorboard", "mlflow", "wandb"] = Field("none", description=(
+        "Where the whole experiment is logged: the resolved config and fingerprints, every evaluation's "
+        "accuracies, the comparison's changes, intervals and verdicts, the report; a sweep as one parent "
+        "run with a run per grid point. none: nothing (no tracker is imported)."))
+    project: str | None = Field(None, description=(
+        "MLflow experiment or W&B project the runs go to; None: zhtune."))
+    uri: str | None = Field(None, description=(
+        "MLflow: tracking URI (sqlite:///mlflow.db, http://HOST:5000); None: MLFLOW_TRACKING_URI, else "
+        "MLflow's default. W&B: folder for its run files (None: the output folder). TensorBoard: log "
+        "folder (None: OUT/tensorboard)."))
+
+
 class ExperimentConfig(_Section):
     name: str = Field("experiment", description="The experiment's name (report title).")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The base model.")
@@ -229,6 +242,7 @@ class ExperimentConfig(_Section):
     analysis: AnalysisConfig = Field(default_factory=AnalysisConfig, description="The comparison's margins and headline.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Where results go.")
     sweep: SweepConfig = Field(default_factory=SweepConfig, description="The LoRA grid and where it runs.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Experiment tracking (MLflow, W&B, TensorBoard).")
 
 
 def _parse_value(text: str) -> Any:

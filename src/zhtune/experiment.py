@@ -96,6 +96,7 @@ def run_experiment(cfg: ExperimentConfig, *, data_dir: str | Path | None = None,
     from zhtune.analysis.report import build_report
     from zhtune.data.sft import prepare_dataset
     from zhtune.eval.suite import check_eval_dtype, run_eval
+    from zhtune.tracking import start_experiment
     from zhtune.train.lora import train_lora
 
     data_dir = default_data_dir(data_dir or cfg.data.data_dir)
@@ -120,11 +121,14 @@ def run_experiment(cfg: ExperimentConfig, *, data_dir: str | Path | None = None,
     fp_prep, fp_train, fp_eval = fps["prepare"], fps["train"], fps["evaluate"]
     fp_cmp, fp_report = fps["compare"], fps["report"]
     prepared = out / "data"
+    tracker = start_experiment(cfg, fps)  # tracking.backend none: does nothing, imports nothing
 
     def stage(name: str, stage_dir: Path, fp: str, work: Callable[[Path], object]) -> None:
-        res.record(name, run_stage(name, stage_dir, fp, work, name in forced))
+        with tracker.stage(name, stage_dir):  # logs the stage's outputs; a failure ends the run as failed
+            res.record(name, run_stage(name, stage_dir, fp, work, name in forced))
 
-    res.record("baseline", evaluate_baseline(cfg, data_dir, "baseline" in forced))
+    with tracker.stage("baseline", res.baseline_dir):
+        res.record("baseline", evaluate_baseline(cfg, data_dir, "baseline" in forced))
     stage("prepare", prepared, fp_prep, lambda d: prepare_dataset(cfg, d, data_dir=data_dir))
     stage("train", res.train_dir, fp_train,
           lambda d: train_lora(cfg, d, dataset_dir=prepared, data_dir=data_dir, resume=True))
@@ -150,6 +154,7 @@ def run_experiment(cfg: ExperimentConfig, *, data_dir: str | Path | None = None,
             STAGES, map(str, (res.baseline_dir, prepared, res.train_dir, res.eval_dir,
                               res.compare_dir, res.report_dir)))},
         "ran": res.ran, "skipped": res.skipped, "zhtune_version": __version__})
+    tracker.finish()
     return res
 
 

@@ -2,12 +2,12 @@
 
 Everything draws on a bare ``matplotlib.figure.Figure`` (Agg, no pyplot state) inside an rc context
 whose font chain starts with an installed CJK font, so Chinese labels render as glyphs and not as
-empty boxes; Latin characters the CJK font lacks fall back to DejaVu Sans. Each chart is saved as
+empty boxes; Latin characters the CJK font lacks fall back to DejaVu Sans. Without a CJK font the
+labels are written in English (``zhtune.analysis.fonts``). Each chart is saved as
 PNG and SVG (text as paths, so the SVG looks the same everywhere), atomically.
 """
 from __future__ import annotations
 
-import functools
 import io
 import logging
 import math
@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import matplotlib
-from matplotlib import font_manager
 from matplotlib.figure import Figure  # a bare Figure renders with Agg; pyplot is never needed
 
+from zhtune.analysis.fonts import chart_fonts, localize_figure
 from zhtune.errors import UserError
 from zhtune.io import atomic_write_bytes, iter_jsonl
 
@@ -27,72 +27,16 @@ log = logging.getLogger(__name__)
 BENCHMARK_NAMES = {"ceval": "C-Eval", "cmmlu": "CMMLU", "mmlu": "MMLU", "gsm8k": "GSM8K"}
 CATEGORY_ZH = {"STEM": "理工", "Humanities": "人文", "Social Sciences": "社科", "Social Science": "社科",
                "Other": "其他", "China specific": "中国特色", "Math": "数学"}
-# Preferred CJK fonts, best first: Linux (Noto / Source Han / WenQuanYi / Droid), macOS, Windows.
-CJK_FONT_NAMES = ("Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "Source Han Sans CN",
-                  "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "Droid Sans Fallback", "AR PL UMing CN",
-                  "PingFang SC", "Hiragino Sans GB", "Heiti SC", "STHeiti", "Microsoft YaHei", "SimHei")
-_CJK_FILE_HINTS = ("notosanscjk", "notoserifcjk", "sourcehansans", "wqy", "droidsansfallback",
-                   "uming", "ukai", "pingfang", "msyh", "simhei")
-FALLBACK_FONT = "DejaVu Sans"  # ships with matplotlib: Latin, Greek, the minus sign
-PROBE_TEXT = "中文能力提升英文遗忘理工人文社科其他数学·"  # characters every chart uses
 COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
 GAIN, LOSS, NEUTRAL = "#2e8b57", "#c0392b", "#9e9e9e"
 
 
-class MissingFontError(UserError):
-    """No CJK font is installed, so Chinese labels would render as empty boxes."""
-
-
-# ----------------------------------------------------------------------------------- fonts
-def _cmap(path: str, index: int = 0) -> set[int]:
-    from fontTools.ttLib import TTFont  # ships with matplotlib
-
-    with TTFont(path, fontNumber=index, lazy=True) as font:
-        return set(font.getBestCmap() or {})
-
-
-@functools.lru_cache(maxsize=1)
-def cjk_font() -> font_manager.FontEntry:
-    """The installed CJK font used for every chart (registered with matplotlib if needed).
-
-    Raises MissingFontError, naming the fix, when no installed font covers ``PROBE_TEXT``."""
-    def find():
-        by_name = {f.name: f for f in font_manager.fontManager.ttflist}
-        for name in CJK_FONT_NAMES:
-            if name in by_name and not missing_glyphs(PROBE_TEXT, by_name[name]):
-                return by_name[name]
-        return None
-
-    font = find()
-    if font is None:
-        # matplotlib's cached font list predates fonts installed since; register font files on disk.
-        for path in font_manager.findSystemFonts():
-            if any(h in Path(path).name.lower().replace("-", "").replace("_", "") for h in _CJK_FILE_HINTS):
-                try:
-                    font_manager.fontManager.addfont(path)
-                except (OSError, RuntimeError, ValueError) as err:  # unreadable font file
-                    log.debug("skipping font %s: %s", path, err)
-        font = find()
-    if font is None:
-        raise MissingFontError(
-            "no CJK font installed, so Chinese chart labels would render as empty boxes; install one "
-            "with scripts/install_system_deps.sh (Debian: apt-get install fonts-wqy-microhei or "
-            f"fonts-noto-cjk). Looked for: {', '.join(CJK_FONT_NAMES)}")
-    log.debug("CJK font: %s (%s)", font.name, font.fname)
-    return font
-
-
-def missing_glyphs(text: str, font: font_manager.FontEntry) -> set[str]:
-    """Characters of ``text`` (ignoring whitespace) that ``font`` has no glyph for."""
-    cmap = _cmap(font.fname, getattr(font, "index", 0))
-    return {ch for ch in text if not ch.isspace() and ord(ch) not in cmap}
-
-
+# ----------------------------------------------------------------------------------- style
 @contextmanager
 def chart_style() -> Iterator[None]:
     """rcParams for every chart: the CJK font first, DejaVu Sans as fallback, text as SVG paths."""
     with matplotlib.rc_context({
-        "font.family": "sans-serif", "font.sans-serif": [cjk_font().name, FALLBACK_FONT],
+        "font.family": "sans-serif", "font.sans-serif": chart_fonts(),
         "svg.fonttype": "path", "axes.spines.top": False, "axes.spines.right": False,
         "axes.titlesize": 13, "figure.dpi": 100, "savefig.dpi": 110,
     }):
@@ -102,6 +46,7 @@ def chart_style() -> Iterator[None]:
 def save_figure(fig: Figure, stem: str | Path) -> list[Path]:
     """Write ``stem.png`` and ``stem.svg`` atomically; returns both paths."""
     stem = Path(stem)
+    localize_figure(fig, {zh: en for en, zh in reversed(CATEGORY_ZH.items())})  # no CJK font: English
     paths = []
     for fmt in ("png", "svg"):
         buf = io.BytesIO()
@@ -257,7 +202,7 @@ def plot_training_curves(train_dir: str | Path, stem: str | Path) -> list[Path]:
             ax.set_xlabel("步数 step")
             ax.legend(frameon=False, fontsize=9)
             ax.grid(alpha=0.3)
-        fig.tight_layout()
+        fig.set_layout_engine("tight")  # laid out when saved, after the labels are final
         return save_figure(fig, stem)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from zhtune import __version__
+from zhtune.analysis.fonts import ENGLISH_LABELS_NOTE, chinese_labels
 from zhtune.analysis.forgetting import FORGETTING_MARGIN, GAIN_MARGIN, compare_many, format_p, num, signed
 from zhtune.analysis.plots import (benchmark_name, comparison_point, plot_pareto, plot_radar,
                                    plot_subject_changes, plot_training_curves, radar_series,
@@ -459,7 +460,7 @@ def build_report(*, base: str | Path | None = None, tuned: Sequence[str | Path] 
     blocks: list = [("h1", title), ("lead", headline)] + _result_blocks(comparisons)
     step("charts")
     figures = _charts(comparisons, out, train_dir, tradeoff, top_subjects, notes)
-    blocks += [("h2", "Charts")] + figures
+    blocks += [("h2", "Charts")] + ([] if chinese_labels() else [("p", ENGLISH_LABELS_NOTE)]) + figures
     if tradeoff is not None:
         blocks += [("h2", "Adapter scale"), ("ul", tradeoff.reasoning)]
 

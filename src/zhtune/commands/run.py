@@ -35,6 +35,7 @@ def register(app: typer.Typer) -> None:
         data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Local data folder (official layout); default ZHTUNE_DATA_DIR, else the hub."),
         output_dir: Optional[str] = typer.Option(None, "--output-dir", help=flag_help("output.dir")),
         force: Optional[List[str]] = typer.Option(None, "--force", help="Redo a stage even if up to date (baseline, prepare, train, evaluate, compare, report, all). Repeatable."),
+        report_to: Optional[str] = typer.Option(None, "--report-to", help=flag_help("tracking.backend")),
     ):
         """Baseline eval -> prepare -> LoRA training -> eval -> forgetting analysis -> report.
 
@@ -45,6 +46,7 @@ def register(app: typer.Typer) -> None:
         from zhtune.experiment import run_experiment
 
         extra = list(overrides or []) + ([f"output.dir={output_dir}"] if output_dir else [])
+        extra += [f"tracking.backend={report_to}"] if report_to else []
         cfg = resolve_config(config, overrides=extra)
         t0 = time.time()
         result = run_experiment(cfg, data_dir=data_dir, force=tuple(force or ()))
@@ -67,6 +69,7 @@ def register(app: typer.Typer) -> None:
         cpus: Optional[int] = typer.Option(None, "--cpus-per-point", help=flag_help("sweep.cpus_per_point")),
         partition: Optional[str] = typer.Option(None, "--partition", help=flag_help("sweep.slurm.partition")),
         time_min: Optional[int] = typer.Option(None, "--time-min", help=flag_help("sweep.slurm.time_min")),
+        report_to: Optional[str] = typer.Option(None, "--report-to", help=flag_help("tracking.backend")),
     ):
         """Run a grid of LoRA settings (one shared baseline) and write results.csv/.md and a Pareto plot.
 
@@ -81,7 +84,7 @@ def register(app: typer.Typer) -> None:
         options = {"output.dir": output_dir, "sweep.launcher": launcher, "sweep.address": address,
                    "sweep.max_retries": max_retries, "sweep.gpus_per_point": gpus,
                    "sweep.cpus_per_point": cpus, "sweep.slurm.partition": partition,
-                   "sweep.slurm.time_min": time_min}
+                   "sweep.slurm.time_min": time_min, "tracking.backend": report_to}
         plain += [f"{key}={value}" for key, value in options.items() if value is not None]
         cfg = resolve_config(config, overrides=plain)
         try:
@@ -100,13 +103,15 @@ def register(app: typer.Typer) -> None:
         data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Local data folder; default ZHTUNE_DATA_DIR, else the hub."),
         output_dir: str = typer.Option("runs/demo-cpu", "--output-dir", help="Where the demo writes its run."),
         qwen: bool = typer.Option(False, "--qwen", help="Use the built-in Qwen2.5-Coder-0.5B-Instruct instead of SmolLM2-135M."),
+        report_to: Optional[str] = typer.Option(None, "--report-to", help=flag_help("tracking.backend")),
         overrides: Optional[List[str]] = typer.Argument(None, help="Dotted overrides of configs/demo-cpu.yaml."),
     ):
         """The whole experiment at small scale on a CPU (about 10 minutes with the model pull)."""
         from zhtune.config import resolve_config
         from zhtune.experiment import run_experiment
 
-        cfg = resolve_config("qwen-demo-cpu" if qwen else "demo-cpu", {"output.dir": output_dir}, overrides)
+        cfg = resolve_config("qwen-demo-cpu" if qwen else "demo-cpu",
+                             {"output.dir": output_dir, "tracking.backend": report_to}, overrides)
         t0 = time.time()
         result = run_experiment(cfg, data_dir=data_dir)
         console.print(f"[bold]zhtune demo[/] finished in {time.time() - t0:.0f} s "

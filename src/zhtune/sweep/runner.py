@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from zhtune.config import ExperimentConfig
+from zhtune.config import ExperimentConfig, TrackingConfig
 from zhtune.artifacts import stage_is_current
 from zhtune.experiment import baseline_dir, stage_fingerprints
 from zhtune.io import default_data_dir
@@ -15,6 +15,7 @@ from zhtune.sweep.launcher import Launcher, Running, make_launcher
 from zhtune.sweep.point import BaselineJob, Marker, PointJob, write_config
 from zhtune.sweep.progress import SweepProgress
 from zhtune.sweep.results import collect_results, write_results
+from zhtune.tracking import log_sweep
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,9 @@ def run_sweep(cfg: ExperimentConfig, *, extra_grid: dict[str, list[Any]] | None 
         # The shared baseline must be where every node sees it (ZHTUNE_HOME may be node-local).
         output["baseline_cache"] = str(out_root / "baselines")
     cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update=output)})
+    # The driver logs every point from its folder once the sweep is done (tracking.log_sweep); the
+    # points themselves log nothing, so workers need no access to the tracker.
+    tracking, cfg = cfg.tracking, cfg.model_copy(update={"tracking": TrackingConfig()})
     data = default_data_dir(data_dir or cfg.data.data_dir)
     data = data.resolve() if data else None  # as `zhtune run` has it in its fingerprints
     points = grid_points(cfg, extra_grid, out_root)
@@ -64,7 +68,9 @@ def run_sweep(cfg: ExperimentConfig, *, extra_grid: dict[str, list[Any]] | None 
                 raise
             finally:
                 launcher.close()
-    return write_results(out_root, collect_results(points, failed), failed)
+    summary = write_results(out_root, collect_results(points, failed), failed)
+    log_sweep(tracking, cfg, points, data, summary)  # tracking.backend none: does nothing
+    return summary
 
 
 def dispatch(launcher: Launcher, jobs: list[PointJob], max_retries: int,
