@@ -179,3 +179,26 @@ def test_cli_export(tiny_qwen_dir, tmp_path):
     _, reader = _gguf_tensors(tmp_path / "model-q8_0.gguf")
     assert reader.fields["general.name"].contents() == "tiny"
     assert "FROM ./model-q8_0.gguf" in (tmp_path / "Modelfile").read_text()
+
+
+@pytest.mark.parametrize("family_name", ["llama2", "llama2-chat", "llama3", "llama", "qwen2-instruct"])
+def test_modelfile_sends_what_zhtune_trained_on(family_name, tiny_llama_dir, tiny_qwen_dir):
+    """The Modelfile's TEMPLATE, filled in as Ollama fills it, is the family's prompt as
+    format_prompt writes it for training and evaluation (less a BOS that llama.cpp adds itself)."""
+    from zhtune.models.families import format_prompt, get_family
+    from zhtune.models.loading import load_tokenizer
+    from zhtune.models.ollama import modelfile, ollama_template, render_ollama_template
+
+    family = get_family(family_name)
+    tok = load_tokenizer(tiny_qwen_dir if family_name.startswith("qwen") else tiny_llama_dir)
+    template = ollama_template(tok, family)
+    for system in (None, "请简要回答。"):
+        want = format_prompt(tok, family, "中国的首都是哪里？", system=system)
+        if tok.bos_token and want.startswith(tok.bos_token):
+            want = want[len(tok.bos_token):]
+        assert render_ollama_template(template, "中国的首都是哪里？", system) == want, system
+    text = modelfile("./model-f16.gguf", tok, family)
+    for stop in family.stop_strings:
+        assert f'PARAMETER stop "{stop}"' in text
+    assert f'TEMPLATE """{template}"""' in text
+    assert ("{{ .System }}" in template) == (family_name != "llama2")  # plain prompts have no system
