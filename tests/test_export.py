@@ -181,22 +181,30 @@ def test_cli_export(tiny_qwen_dir, tmp_path):
     assert "FROM ./model-q8_0.gguf" in (tmp_path / "Modelfile").read_text()
 
 
-@pytest.mark.parametrize("family_name", ["llama2", "llama2-chat", "llama3", "llama", "qwen2-instruct"])
-def test_modelfile_sends_what_zhtune_trained_on(family_name, tiny_llama_dir, tiny_qwen_dir):
+@pytest.mark.parametrize("family_name,tokenizer_kind", [
+    ("llama2", "llama"), ("llama2-chat", "llama"), ("llama3", "llama"), ("llama", "llama"),
+    ("qwen2-instruct", "qwen2"), ("llama", "smollm2-like")])
+def test_modelfile_sends_what_zhtune_trained_on(family_name, tokenizer_kind, tiny_llama_dir, tiny_qwen_dir):
     """The Modelfile's TEMPLATE, filled in as Ollama fills it, is the family's prompt as
-    format_prompt writes it for training and evaluation (less a BOS that llama.cpp adds itself)."""
+    format_prompt writes it for training and evaluation, less a BOS that the tokenizer (and so
+    llama.cpp) adds itself. "smollm2-like": ChatML whose bos_token is <|im_start|>, never added."""
     from zhtune.models.families import format_prompt, get_family
     from zhtune.models.loading import load_tokenizer
     from zhtune.models.ollama import modelfile, ollama_template, render_ollama_template
 
     family = get_family(family_name)
-    tok = load_tokenizer(tiny_qwen_dir if family_name.startswith("qwen") else tiny_llama_dir)
+    tok = load_tokenizer(tiny_llama_dir if tokenizer_kind == "llama" else tiny_qwen_dir)
+    if tokenizer_kind == "smollm2-like":
+        tok.bos_token = "<|im_start|>"
     template = ollama_template(tok, family)
     for system in (None, "请简要回答。"):
         want = format_prompt(tok, family, "中国的首都是哪里？", system=system)
-        if tok.bos_token and want.startswith(tok.bos_token):
-            want = want[len(tok.bos_token):]
+        if tokenizer_kind == "llama":  # the tiny Llama tokenizer prepends <s>
+            assert want.startswith("<s>") or family_name in ("llama2", "llama")
+            want = want.removeprefix("<s>")
         assert render_ollama_template(template, "中国的首都是哪里？", system) == want, system
+    if tokenizer_kind == "smollm2-like":
+        assert template.startswith("{{ if .System }}<|im_start|>system")
     text = modelfile("./model-f16.gguf", tok, family)
     for stop in family.stop_strings:
         assert f'PARAMETER stop "{stop}"' in text

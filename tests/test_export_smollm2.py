@@ -83,8 +83,13 @@ def test_trained_adapter_answers_the_same_after_export(trained_adapter, tmp_path
 
     from zhtune.models.merge import load_merged
 
+    from zhtune.models.families import format_prompt
+    from zhtune.models.ollama import render_ollama_template
+
     export_gguf(str(trained_adapter), tmp_path)
     merged, _meta, _spec = load_merged(trained_adapter)
+    template = (tmp_path / "Modelfile").read_text(encoding="utf-8").split('TEMPLATE """', 1)[1].split('"""')[0]
+    assert render_ollama_template(template, PROMPTS[0]) == format_prompt(merged.tokenizer, merged.family, PROMPTS[0])
     model = merged.model.float().eval()
     before = _greedy(model, merged.tokenizer, merged.family)
     from safetensors.torch import load_file

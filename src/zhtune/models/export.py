@@ -118,7 +118,9 @@ def _atomic_writer(path: Path, arch_name: str):
     import gguf
 
     tmp = path.with_name(f".{path.name}.partial")
-    return gguf.GGUFWriter(str(tmp), arch=arch_name), tmp
+    # use_temp_file: each tensor goes to a spooled file as it is added, so a 7B export holds the
+    # model once, not the model and a second copy of it in the output type.
+    return gguf.GGUFWriter(str(tmp), arch=arch_name, use_temp_file=True), tmp
 
 
 def _finish(writer: Any, tmp: Path, path: Path) -> None:
@@ -230,59 +232,62 @@ def export_gguf(source: str, output_dir: str | Path, *, outtypes: tuple[str, ...
     """Export ``source`` (a model: folder, hub id, builtin:..., or an adapter folder) to
     ``output_dir``: ``model-<outtype>.gguf`` per outtype (``adapter-<outtype>.gguf`` with
     ``adapter_only``), a ``Modelfile`` for Ollama and ``export.json`` listing what was written."""
-    from transformers import AutoConfig
-
-    from zhtune.config import ModelConfig
     from zhtune.io import atomic_write_json, atomic_write_text
-    from zhtune.models.loading import load_model
-    from zhtune.models.merge import load_merged, saved_dtype
-    from zhtune.models.ollama import modelfile
-    from zhtune.models.sources import resolve_model
 
     bad = [t for t in outtypes if t not in OUTTYPES]
     if bad or not outtypes:
         raise UserError(f"--outtype {','.join(bad) or '(none)'}: choose from {', '.join(OUTTYPES)}")
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     is_adapter = (Path(source) / "adapter_config.json").exists()
     if adapter_only and not is_adapter:
         raise UserError(f"{source}: --adapter-only needs a LoRA adapter folder (no adapter_config.json)")
-    record: dict = {"source": source, "files": []}
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
     if adapter_only:
-        from zhtune.models.loading import load_tokenizer_and_family
-
-        from zhtune.artifacts import read_adapter_meta
-
-        meta = read_adapter_meta(source)
-        spec = base_model or meta.get("base_model") or json.loads(
-            (Path(source) / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
-        if not spec:
-            raise UserError(f"{source}: the base model is not recorded; pass --base-model")
-        tokenizer, family, base_dir = load_tokenizer_and_family(
-            ModelConfig(name_or_path=spec, family=meta.get("family")))
-        base_config = AutoConfig.from_pretrained(str(base_dir))
-        label = name or f"{display_name(spec)} LoRA"
-        for t in outtypes:
-            record["files"].append(write_adapter_gguf(Path(source), base_config, out / f"adapter-{t}.gguf", t, label))
-        from_path = base_gguf or "BASE.gguf"
-        text = modelfile(from_path, tokenizer, family, adapter_path=f"./adapter-{outtypes[0]}.gguf")
-        record.update(base_model=spec, family=family.name, base_gguf=base_gguf)
+        record, text = _export_adapter(Path(source), out, outtypes, base_model, base_gguf, name)
     else:
-        if is_adapter:
-            loaded, _meta, spec = load_merged(source, base_model=base_model)
-            source_dir = Path(resolve_model(spec))
-        else:
-            dtype = saved_dtype(Path(resolve_model(source)))  # a 7B model stays in bf16 in memory
-            loaded = load_model(ModelConfig(name_or_path=source, device="cpu", dtype=dtype))
-            spec, source_dir = source, loaded.path
-        label = name or display_name(spec)
-        for t in outtypes:
-            record["files"].append(write_model_gguf(loaded.model, loaded.tokenizer, loaded.family, source_dir,
-                                                    out / f"model-{t}.gguf", t, label))
-        text = modelfile(f"./model-{outtypes[-1]}.gguf", loaded.tokenizer, loaded.family)
-        record.update(base_model=spec, family=loaded.family.name)
+        record, text = _export_model(source, is_adapter, out, outtypes, base_model, name)
+    record = {"source": source, **record}
     atomic_write_text(out / "Modelfile", text)
     record["modelfile"] = str(out / "Modelfile")
     atomic_write_json(out / "export.json", record)
     log.info("exported %s -> %s", source, out)
     return record
+
+
+def _export_adapter(adapter: Path, out: Path, outtypes, base_model, base_gguf, name) -> tuple[dict, str]:
+    from transformers import AutoConfig
+
+    from zhtune.config import ModelConfig
+    from zhtune.models.loading import load_tokenizer_and_family
+    from zhtune.models.merge import adapter_base
+    from zhtune.models.ollama import modelfile
+
+    spec, revision, meta = adapter_base(adapter, base_model)
+    tokenizer, family, base_dir = load_tokenizer_and_family(
+        ModelConfig(name_or_path=spec, revision=revision, family=meta.get("family")))
+    base_config = AutoConfig.from_pretrained(str(base_dir))
+    label = name or f"{display_name(spec)} LoRA"
+    files = [write_adapter_gguf(adapter, base_config, out / f"adapter-{t}.gguf", t, label) for t in outtypes]
+    text = modelfile(base_gguf or "BASE.gguf", tokenizer, family, adapter_path=f"./adapter-{outtypes[0]}.gguf")
+    return {"files": files, "base_model": spec, "family": family.name, "base_gguf": base_gguf}, text
+
+
+def _export_model(source: str, is_adapter: bool, out: Path, outtypes, base_model, name) -> tuple[dict, str]:
+    from zhtune.config import ModelConfig
+    from zhtune.models.loading import load_model
+    from zhtune.models.merge import load_merged, saved_dtype
+    from zhtune.models.ollama import modelfile
+    from zhtune.models.sources import resolve_model
+
+    if is_adapter:
+        loaded, _meta, spec = load_merged(source, base_model=base_model)
+        source_dir = Path(resolve_model(spec))
+    else:
+        dtype = saved_dtype(Path(resolve_model(source)))  # a 7B model stays in bf16 in memory
+        loaded = load_model(ModelConfig(name_or_path=source, device="cpu", dtype=dtype))
+        spec, source_dir = source, loaded.path
+    label = name or display_name(spec)
+    files = [write_model_gguf(loaded.model, loaded.tokenizer, loaded.family, source_dir,
+                              out / f"model-{t}.gguf", t, label) for t in outtypes]
+    text = modelfile(f"./model-{outtypes[-1]}.gguf", loaded.tokenizer, loaded.family)
+    return {"files": files, "base_model": spec, "family": loaded.family.name}, text

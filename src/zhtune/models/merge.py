@@ -21,6 +21,20 @@ def saved_dtype(model_dir: Path) -> str:
     return saved if saved in ("float32", "bfloat16", "float16") else "float32"
 
 
+def adapter_base(adapter_dir: Path, base_model: str | None = None) -> tuple[str, str | None, dict]:
+    """``(base model spec, revision, zhtune_adapter.json)`` of an adapter folder: ``base_model`` if
+    given, else what training recorded, else PEFT's ``base_model_name_or_path``."""
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").exists():
+        raise UserError(f"{adapter_dir}: not a LoRA adapter folder (no adapter_config.json)")
+    meta = read_adapter_meta(adapter_dir)
+    spec = base_model or meta.get("base_model") or read_json(
+        adapter_dir / "adapter_config.json").get("base_model_name_or_path")
+    if not spec:
+        raise UserError(f"{adapter_dir}: the base model is not recorded; pass --base-model")
+    return spec, (meta.get("revision") if not base_model else None), meta
+
+
 def load_merged(adapter_dir: str | Path, *, base_model: str | None = None, dtype: str = "auto"):
     """The base model with the adapter folded in, in memory (CPU): ``(LoadedModel, meta, spec)``.
 
@@ -33,14 +47,7 @@ def load_merged(adapter_dir: str | Path, *, base_model: str | None = None, dtype
     from zhtune.models.sources import resolve_model
 
     adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").exists():
-        raise UserError(f"{adapter_dir}: not a LoRA adapter folder (no adapter_config.json)")
-    meta = read_adapter_meta(adapter_dir)
-    spec = base_model or meta.get("base_model") or read_json(
-        adapter_dir / "adapter_config.json").get("base_model_name_or_path")
-    if not spec:
-        raise UserError(f"{adapter_dir}: the base model is not recorded; pass --base-model")
-    revision = meta.get("revision") if not base_model else None
+    spec, revision, meta = adapter_base(adapter_dir, base_model)
     if dtype == "auto":
         dtype = saved_dtype(Path(resolve_model(spec, revision=revision)))
     loaded = load_model(ModelConfig(name_or_path=spec, revision=revision, family=meta.get("family"),

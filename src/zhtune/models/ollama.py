@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from zhtune.models.families import ModelFamily, format_prompt, stop_strings
+from zhtune.models.gguf_vocab import adds_special_tokens
 
 SYSTEM_MARK = "\x00ZHTUNE_SYSTEM\x00"
 PROMPT_MARK = "\x00ZHTUNE_PROMPT\x00"
@@ -23,10 +24,11 @@ def _go_literal(text: str) -> str:
 
 def _template_part(tokenizer: Any, family: ModelFamily, system: str | None) -> str:
     text = format_prompt(tokenizer, family, PROMPT_MARK, system=system)
-    # llama.cpp and Ollama put BOS in front themselves (tokenizer.ggml.add_bos_token); a template
-    # that writes it as text ("<s>[INST] ...") would give the model two.
+    # Where the tokenizer adds BOS itself, so do llama.cpp and Ollama (tokenizer.ggml.add_bos_token);
+    # a template that also writes it as text ("<s>[INST] ...") would give the model two. (SmolLM2's
+    # "BOS" is <|im_start|>, which it never adds: there the text is the chat format and stays.)
     bos = getattr(tokenizer, "bos_token", None)
-    if bos and text.startswith(bos):
+    if bos and text.startswith(bos) and adds_special_tokens(tokenizer)["bos"]:
         text = text[len(bos):]
     out = _go_literal(text).replace(PROMPT_MARK, "{{ .Prompt }}")
     return out.replace(SYSTEM_MARK, "{{ .System }}")
