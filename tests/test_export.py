@@ -210,3 +210,35 @@ def test_modelfile_sends_what_zhtune_trained_on(family_name, tokenizer_kind, tin
         assert f'PARAMETER stop "{stop}"' in text
     assert f'TEMPLATE """{template}"""' in text
     assert ("{{ .System }}" in template) == (family_name != "llama2")  # plain prompts have no system
+
+
+def test_sentencepiece_llama_round_trip(tmp_path, shared_data):
+    """A Llama-2-style tokenizer.model (SentencePiece BPE, byte fallback) is written as llama.cpp
+    writes it (pieces, scores, types from the .model) and read back to the same ids."""
+    import sentencepiece as spm
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaTokenizer
+
+    model_dir = tmp_path / "spm-llama"
+    model_dir.mkdir()
+    lines = [json.loads(line)["instruction"] for line in
+             (shared_data / "belle" / "dev1K.json").read_text(encoding="utf-8").splitlines()[:300]]
+    (tmp_path / "corpus.txt").write_text("\n".join(lines + ["The quick brown fox jumps over lazy dogs."] * 20),
+                                         encoding="utf-8")
+    spm.SentencePieceTrainer.train(input=str(tmp_path / "corpus.txt"), model_prefix=str(model_dir / "tokenizer"),
+                                   vocab_size=800, model_type="bpe", byte_fallback=True, character_coverage=0.98,
+                                   bos_id=1, eos_id=2, unk_id=0, pad_id=-1, minloglevel=2)
+    tok = LlamaTokenizer.from_pretrained(str(model_dir), add_bos_token=True)  # as Llama-2 does
+    assert tok("a").input_ids[0] == 1
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, bos_token_id=1, eos_token_id=2)
+    model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(str(model_dir))
+    tok.save_pretrained(str(model_dir))
+    export_gguf(str(model_dir), tmp_path / "out")
+    _, reader = _gguf_tensors(tmp_path / "out" / "model-f16.gguf")
+    assert reader.fields["tokenizer.ggml.model"].contents() == "llama"
+    sp = spm.SentencePieceProcessor(model_file=str(model_dir / "tokenizer.model"))
+    assert reader.fields["tokenizer.ggml.scores"].contents()[100] == pytest.approx(sp.get_score(100))
+    assert reader.fields["tokenizer.ggml.add_bos_token"].contents() is True
+    _check_round_trip(model, tok, tmp_path / "out")
