@@ -125,6 +125,9 @@ def mcnemar_exact(b: ArrayLike, c: ArrayLike) -> float | np.ndarray:
     return float(p) if p.ndim == 0 else p
 
 
+_PAST_ZERO = 1e-9  # a fraction: survives rounding to points (9 decimals), prints as 0.0
+
+
 def paired_interval(b: ArrayLike, c: ArrayLike, n: ArrayLike,
                     confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
     """The interval every paired figure prints: Tango's score interval, made to agree with McNemar's
@@ -134,14 +137,14 @@ def paired_interval(b: ArrayLike, c: ArrayLike, n: ArrayLike,
     change of 0 (the test the verdict and the printed p come from), Tango's score test everywhere
     else. Where the exact test does not reject no change but the score test does (few discordant
     questions, e.g. 0 lost and 4 gained), the interval is extended to 0; where the exact test rejects
-    and the score test does not (only at confidences above 99.99%), the end nearest 0 is moved to 0,
-    and "excludes 0" is then decided by p. Counts may be effective (fractional)."""
+    and the score test does not (only at confidences above 99.99%), the end nearest 0 is moved just
+    past 0 (1e-7 points). Counts may be effective (fractional)."""
     b, c, n = (np.asarray(v, dtype=float) for v in (b, c, n))
     low, high = tango_interval(b, c, n, confidence)
     rejects = np.asarray(mcnemar_exact(b, c)) < 1 - confidence
     positive = c > b
-    low = np.where(~rejects, np.minimum(low, 0.0), np.where(positive, np.maximum(low, 0.0), low))
-    high = np.where(~rejects, np.maximum(high, 0.0), np.where(positive, high, np.minimum(high, 0.0)))
+    low = np.where(~rejects, np.minimum(low, 0.0), np.where(positive, np.maximum(low, _PAST_ZERO), low))
+    high = np.where(~rejects, np.maximum(high, 0.0), np.where(positive, high, np.minimum(high, -_PAST_ZERO)))
     return low, high
 
 
