@@ -167,8 +167,12 @@ def build_report(*, comparisons: Sequence[dict], output_dir: str | Path, train_d
         from zhtune.analysis.scale import analyze_tradeoff, write_tradeoff
 
         step("adapter-scale trade-off")
-        tradeoff = analyze_tradeoff(scale_dir, tolerance=tolerance, base_dir=main["base"]["dir"], analysis=analysis)
-        write_tradeoff(tradeoff, out)
+        try:  # e.g. no pooled figure (every benchmark at chance): the trade-off is left out, with the reason
+            tradeoff = analyze_tradeoff(scale_dir, tolerance=tolerance, base_dir=main["base"]["dir"],
+                                        analysis=analysis)
+            write_tradeoff(tradeoff, out)
+        except UserError as err:
+            notes.append(f"no adapter-scale trade-off: {err}")
 
     headline = headline_sentences(main)
     blocks: list = [("h1", title), ("lead", headline)] + _result_blocks(comparisons)
