@@ -9,13 +9,15 @@ Why these methods:
 
 - **Tango's score interval for paired data** (Tango 1998; the score-type alternative Newcombe 1998
   compares his hybrid intervals with): every change the score test does not reject. The test at a
-  change of 0 is McNemar's, so interval and p-value agree. Unlike a Wald or a percentile-bootstrap
+  change of 0 is McNemar's asymptotic test. Unlike a Wald or a percentile-bootstrap
   interval it never has zero width when nothing changed (24 questions that all kept their answers
   cannot prove a change of exactly 0), and in simulation (tests/test_stats.py) it covers the true
   change 95-96% of the time once about five questions are expected to change (100 questions at 5%
   discordance), and is conservative (up to 100%) with fewer. Newcombe's
   method 10 was tried first: at 100 questions and 5% discordance it covers 97.5-98%, too wide.
-- **McNemar's exact test**: the two-sided binomial test of ``c`` in ``b + c`` trials at 1/2.
+- **McNemar's exact test**: the two-sided binomial test of ``c`` in ``b + c`` trials at 1/2 (on the
+  effective counts for pooled figures). It is the p every figure prints and decides its verdict;
+  :func:`paired_interval` is Tango's interval made to agree with it at 0 (docs/statistics.md).
 - **Cluster-robust pooled interval** (Miller 2024, "Adding Error Bars to Evals"): questions of one
   subject are not independent, so the standard error of a pooled change sums the residuals per
   subject, stratified by benchmark. It enters the score interval as a design effect (an effective
