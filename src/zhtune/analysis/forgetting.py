@@ -67,6 +67,8 @@ class Comparison:
     excluded: dict[str, str] = field(default_factory=dict)  # benchmark -> why it carries no headline
     # The other formulation's pooled figures where the runs have both (a secondary analysis).
     secondary: dict | None = None
+    # With benchmarks at their floor: the pooled figures including them, to rank runs (never reported).
+    with_floors: dict | None = None
 
     @property
     def label(self) -> str:
@@ -93,6 +95,7 @@ class Comparison:
             "headline_formulation": self.formulation,
             **self.headline(),
             "headline_excluded": self.excluded,
+            "pooled_including_floors": self.with_floors,
             "secondary": self.secondary,
             "significant_forgetting": self.significant_forgetting,
             "benchmarks": {k: g.to_dict() for k, g in self.benchmarks.items()},
@@ -121,12 +124,14 @@ def _pooled_figures(cells: dict[tuple[str, str], Counts], benchmarks: dict[str, 
     excluded = {b: reason for b in zh + en if (reason := floor_reason(benchmarks[b]))}
     zh, en = [b for b in zh if b not in excluded], [b for b in en if b not in excluded]
 
-    def pooled(names: Sequence[str], kind: str) -> GroupStats | None:
-        members = {k: v for k, v in cells.items() if k[0] in names}
-        margin = analysis.gain_margin if kind == GAIN else analysis.forgetting_margin
-        return pooled_stats(members, kind, margin) if members else None
+    return _pool(cells, zh, GAIN, analysis), _pool(cells, en, FORGETTING, analysis), zh, en, excluded
 
-    return pooled(zh, GAIN), pooled(en, FORGETTING), zh, en, excluded
+
+def _pool(cells: dict[tuple[str, str], Counts], names: Sequence[str], kind: str,
+          analysis: AnalysisConfig) -> GroupStats | None:
+    members = {k: v for k, v in cells.items() if k[0] in names}
+    margin = analysis.gain_margin if kind == GAIN else analysis.forgetting_margin
+    return pooled_stats(members, kind, margin) if members else None
 
 
 def compare_loaded(base: EvalRun, tuned: EvalRun, analysis: AnalysisConfig | None = None) -> Comparison:
@@ -150,6 +155,11 @@ def compare_loaded(base: EvalRun, tuned: EvalRun, analysis: AnalysisConfig | Non
         adjust_family(list(categories[bench].values()))
 
     chinese, english, zh, en, excluded = _pooled_figures(cells, benchmarks, analysis.headline_formulation, analysis)
+    with_floors = None
+    if excluded:  # for ranking runs against each other (the sweep), never a headline: floors included
+        all_zh, all_en = headline_benchmarks(benchmarks, analysis.headline_formulation)
+        with_floors = {key: headline_figure(_pool(cells, names, kind, analysis), key, names, benchmarks)
+                       for key, names, kind in (("chinese_gain", all_zh, GAIN), ("english_forgetting", all_en, FORGETTING))}
     used = "cloze" if any(is_cloze(b) for b in sum(headline_benchmarks(benchmarks, analysis.headline_formulation),
                                                    [])) else "letter"
     other = "letter" if used == "cloze" else "cloze"
@@ -168,7 +178,8 @@ def compare_loaded(base: EvalRun, tuned: EvalRun, analysis: AnalysisConfig | Non
     return Comparison(base=base, tuned=tuned, benchmarks=benchmarks, categories=categories, subjects=subjects,
                       subject_categories=subject_categories, chinese=chinese, english=english,
                       perplexity=bits_per_character(base.summary, tuned.summary), analysis=analysis, notes=notes,
-                      formulation=used, headline_names=(zh, en), excluded=excluded, secondary=secondary)
+                      formulation=used, headline_names=(zh, en), excluded=excluded, secondary=secondary,
+                      with_floors=with_floors)
 
 
 def _consistency_notes(run: EvalRun, benchmarks: dict[str, GroupStats], side: str) -> list[str]:
