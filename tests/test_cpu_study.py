@@ -43,53 +43,47 @@ def test_followup_reuses_the_study_baseline(tmp_path):
 RESULTS = ROOT / "docs" / "results" / "cpu-study"
 
 
-def _found_section() -> str:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    start = text.index("## What we found")
-    end = text.index("\n## ", start + 3)
-    return text[start:end]
-
-
 def study_rows(cmp: dict) -> dict[str, list[str]]:
-    """The README table's rows, formatted from comparison.json (scripts/collect_cpu_study.py prints
-    the same table for pasting)."""
-    from zhtune.analysis.forgetting import format_p, num, signed
+    """The study's summary table (figure: n, change, 95% CI, p, verdict), formatted from comparison.json,
+    for pasting into the README; a figure without a pooled headline (every benchmark at chance) is left out."""
+    from zhtune.analysis.formatting import format_p, num, signed
 
     def figure(f: dict, english: bool) -> list[str]:
         low, high = (-f["ci_high"], -f["ci_low"]) if english else (f["ci_low"], f["ci_high"])
         return [f"{f['n']:,}", signed(f["tuned_minus_base_points"]), f"{num(low)} to {num(high)}",
                 format_p(f["p_value"]).replace("= ", ""), f["verdict"]]
 
-    sec = cmp["secondary"]
-    rows = {"Chinese, cloze (primary)": figure(cmp["chinese_gain"], False),
-            "English, cloze + GSM8K (primary)": figure(cmp["english_forgetting"], True),
-            "Chinese, letters (secondary)": figure(sec["chinese_gain"], False),
-            "English, letters + GSM8K (secondary)": figure(sec["english_forgetting"], True)}
+    rows = {}
+    for source, tag in ((cmp, "primary"), (cmp.get("secondary") or {}, "secondary")):
+        for key in ("chinese_gain", "english_forgetting"):
+            if source.get(key):
+                rows[f"{source[key]['name']} ({tag})"] = figure(source[key], key == "english_forgetting")
     for lang, name in (("zh", "Chinese"), ("en", "English")):
         p = cmp["perplexity"][lang]
-        b = p["base_bits_per_char"]
         rows[f"{name} bits per character"] = [
-            f"{p['texts']} texts", f"{signed(100 * p['change'] / b)}%",
-            f"{signed(100 * p['change_low'] / b)}% to {signed(100 * p['change_high'] / b)}%",
+            f"{p['texts']} texts", f"{signed(100 * p['relative_change'])}%",
+            f"{signed(100 * p['relative_low'])}% to {signed(100 * p['relative_high'])}%",
             format_p(p["p"]).replace("= ", ""), p["verdict"]]
     return rows
 
 
-def test_readme_headline_numbers_are_the_committed_comparison():
-    from zhtune.analysis.report import headline_sentences
+def test_committed_report_states_the_committed_comparison():
+    """report.md opens with the sentences comparison.json gives, and report.json carries that very comparison
+    (the report reads the compare stage's file, it does not recompute)."""
+    from zhtune.analysis.sentences import headline_sentences
     from zhtune.io import read_json
 
     cmp = read_json(RESULTS / "comparison.json")
-    section = _found_section()
-    quoted = " ".join(line[2:] for line in section.splitlines() if line.startswith("> "))
+    report = read_json(RESULTS / "report" / "report.json")
+    assert report["comparisons"] == [cmp] and report["headline"] == headline_sentences(cmp)
+    lead = (RESULTS / "report" / "report.md").read_text(encoding="utf-8").split("\n\n")[1]
     for sentence in headline_sentences(cmp):
-        assert sentence in quoted, sentence
-    table = {cells[0]: cells[1:] for cells in
-             ([c.strip() for c in line.strip("|").split("|")] for line in section.splitlines()
-              if line.startswith("| ") and not line.startswith("| Figure"))}
+        assert sentence in lead, sentence
+    table = (RESULTS / "report" / "report.md").read_text(encoding="utf-8")
     for label, cells in study_rows(cmp).items():
-        assert table.get(label) == cells, (label, table.get(label), cells)
-    assert "zhtune run cpu-study" in section and "report-screenshot.png" in section
+        if "bits" not in label:  # the headline table has n, change, interval, p and verdict of each figure
+            assert label.rsplit(" (", 1)[0] in table and f"| {cells[3]} | {cells[4]} (2) |" in table, label
+    assert (RESULTS / "report-screenshot.png").stat().st_size > 20_000
 
 
 def test_committed_comparison_is_reproducible_from_the_committed_predictions():
@@ -99,12 +93,26 @@ def test_committed_comparison_is_reproducible_from_the_committed_predictions():
 
     cfg = resolve_config("cpu-study")
     committed = read_json(RESULTS / "comparison.json")
-    again = compare_runs(RESULTS / "baseline", RESULTS / "eval", forgetting_margin=cfg.analysis.forgetting_margin,
-                         gain_margin=cfg.analysis.gain_margin,
-                         headline_formulation=cfg.analysis.headline_formulation).to_dict()
+    again = compare_runs(RESULTS.relative_to(ROOT) / "baseline", RESULTS.relative_to(ROOT) / "eval",
+                         cfg.analysis).to_dict()
     for key in ("chinese_gain", "english_forgetting"):
-        for field in ("n", "change_points", "ci_low", "ci_high", "p_value", "verdict"):
+        for field in ("n", "change_points", "ci_low", "ci_high", "p_value", "verdict", "benchmarks", "name"):
             assert again[key][field] == committed[key][field], (key, field)
-    assert again["perplexity"] == committed["perplexity"]
+    assert again["benchmarks"] == committed["benchmarks"] and again["perplexity"] == committed["perplexity"]
+    assert again["headline_excluded"] == committed["headline_excluded"]
     timings = read_json(RESULTS / "timings.json")
     assert timings["total_seconds"] == sum(timings["seconds_by_stage"].values())
+
+
+def test_the_runs_own_comparison_is_kept_beside_the_recomputed_one():
+    """comparison-original.json is what the study's compare stage wrote (score-test p, one-sided Chinese
+    verdict, GSM8K pooled); comparison.json is the same predictions under the current analysis."""
+    from zhtune.io import read_json
+
+    original = read_json(RESULTS / "comparison-original.json")
+    current = read_json(RESULTS / "comparison.json")
+    assert original["settings_fingerprint"] == current["settings_fingerprint"]
+    assert original["english_forgetting"]["benchmarks"] == ["mmlu_cloze", "gsm8k"]
+    assert current["english_forgetting"]["benchmarks"] == ["mmlu_cloze"] and "gsm8k" in current["headline_excluded"]
+    assert original["chinese_gain"]["verdict"] == "no gain beyond the margin"
+    assert current["chinese_gain"]["verdict"] in ("equivalent within the margin", "inconclusive", "improved", "declined")

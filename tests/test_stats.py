@@ -170,7 +170,10 @@ def test_questions_needed_inverts_the_detectable_change():
     ((1.0, 0.2, 1.8, 0.3, 1.7), FORGETTING, "improved"),
     ((0.0, -1.5, 1.5, -1.2, 1.2), FORGETTING, "no forgetting beyond the margin"),
     ((0.0, -14.0, 14.0, -12.0, 12.0), FORGETTING, "inconclusive"),
-    ((0.0, -1.5, 1.5, -1.2, 1.2), GAIN, "no gain beyond the margin"),
+    ((0.0, -1.5, 1.5, -1.2, 1.2), GAIN, "equivalent within the margin"),
+    # Chinese is two-sided: a possible 3.9-point decline is not "no gain beyond the margin" (CMMLU cloze)
+    ((-2.0, -4.3, 0.2, -3.9, -0.2), GAIN, "inconclusive"),
+    ((0.5, -0.5, 3.0, -0.2, 2.6), GAIN, "inconclusive"),
     ((-3.0, -5.0, -1.0, -4.6, -1.4), GAIN, "declined"),
     ((0.0, -14.0, 14.0, -12.0, 12.0), GAIN, "inconclusive"),
 ])

@@ -169,10 +169,11 @@ class AnalysisConfig(_Section):
     forgetting_margin: float = Field(2.0, ge=0.0, le=100.0, description=(
         "Forgetting margin in points of accuracy: English (and each English benchmark) is called 'no "
         "forgetting beyond the margin' when the one-sided 95% upper bound of forgetting (the 90% two-sided "
-        "interval's bound, a TOST at alpha 0.05) is below it."))
+        "interval's bound: a one-sided non-inferiority test at alpha 0.05) is below it."))
     gain_margin: float = Field(2.0, ge=0.0, le=100.0, description=(
-        "Gain margin in points of accuracy: Chinese (and each Chinese benchmark) is called 'no gain beyond "
-        "the margin' when the one-sided 95% upper bound of the gain is below it."))
+        "Equivalence margin for Chinese, in points of accuracy: Chinese (and each Chinese benchmark) is "
+        "called 'equivalent within the margin' when both one-sided 95% bounds of the change lie inside "
+        "plus or minus it (two one-sided tests); a significant change is 'improved' or 'declined'."))
     headline_formulation: Literal["auto", "letter", "cloze"] = Field("auto", description=(
         "Formulation of the pooled Chinese/English headline figures when the runs have both: letter (the "
         "published one), cloze (for small models at chance on letters), or auto (letter where evaluated). The "

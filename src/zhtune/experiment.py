@@ -19,7 +19,7 @@ from typing import Callable
 from zhtune import __version__
 from zhtune.artifacts import begin_stage, finish_stage, fingerprint, read_eval_index, stage_is_current
 from zhtune.config import ExperimentConfig, config_to_dict, save_resolved
-from zhtune.io import atomic_write_json, default_data_dir, zhtune_home
+from zhtune.io import atomic_write_json, default_data_dir, read_json, zhtune_home
 
 log = logging.getLogger(__name__)
 
@@ -138,17 +138,12 @@ def run_experiment(cfg: ExperimentConfig, *, data_dir: str | Path | None = None,
                              adapter_labels=[cfg.name], scales=cfg.eval.adapter_scales))
     tuned = tuned_eval_dir(res.eval_dir)
     stage("compare", res.compare_dir, fp_cmp,
-          lambda d: compare_runs(res.baseline_dir / "base", tuned, output_dir=d,
-                                 forgetting_margin=cfg.analysis.forgetting_margin,
-                                 gain_margin=cfg.analysis.gain_margin,
-                                 headline_formulation=cfg.analysis.headline_formulation))
-    stage("report", res.report_dir, fp_report,
-          lambda d: build_report(base=res.baseline_dir / "base", tuned=[tuned], train_dir=res.train_dir,
+          lambda d: compare_runs(res.baseline_dir / "base", tuned, cfg.analysis, output_dir=d))
+    stage("report", res.report_dir, fp_report,  # reads the compare stage's comparison.json
+          lambda d: build_report(comparisons=[read_json(res.compare_dir / "comparison.json")],
+                                 train_dir=res.train_dir,
                                  scale_dir=res.eval_dir if len(cfg.eval.adapter_scales) > 1 else None,
-                                 output_dir=d, title=cfg.name, tolerance=cfg.analysis.english_tolerance,
-                                 forgetting_margin=cfg.analysis.forgetting_margin,
-                                 gain_margin=cfg.analysis.gain_margin,
-                                 headline_formulation=cfg.analysis.headline_formulation))
+                                 output_dir=d, title=cfg.name, analysis=cfg.analysis))
     atomic_write_json(out / "experiment.json", {
         "name": cfg.name, "stages": {s: d for s, d in zip(
             STAGES, map(str, (res.baseline_dir, prepared, res.train_dir, res.eval_dir,

@@ -19,12 +19,12 @@ import matplotlib
 from matplotlib.figure import Figure  # a bare Figure renders with Agg; pyplot is never needed
 
 from zhtune.analysis.fonts import chart_fonts, localize_figure
+from zhtune.analysis.formatting import benchmark_name
 from zhtune.errors import UserError
 from zhtune.io import atomic_write_bytes, iter_jsonl
 
 log = logging.getLogger(__name__)
 
-BENCHMARK_NAMES = {"ceval": "C-Eval", "cmmlu": "CMMLU", "mmlu": "MMLU", "gsm8k": "GSM8K"}
 CATEGORY_ZH = {"STEM": "理工", "Humanities": "人文", "Social Sciences": "社科", "Social Science": "社科",
                "Other": "其他", "China specific": "中国特色", "Math": "数学"}
 COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
@@ -56,12 +56,6 @@ def save_figure(fig: Figure, stem: str | Path) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------------- radar
-def benchmark_name(bench: str) -> str:
-    if bench.endswith("_cloze") and bench.removesuffix("_cloze") in BENCHMARK_NAMES:
-        return f"{BENCHMARK_NAMES[bench.removesuffix('_cloze')]} (cloze)"
-    return BENCHMARK_NAMES.get(bench, bench)
-
-
 def ability_axes(comparison: dict, side: str = "tuned") -> dict[str, float]:
     """Accuracy (0..1) per radar axis: a benchmark's categories, or the benchmark when it has one."""
     out = {}

@@ -4,7 +4,7 @@ Input is a multi-run evaluation folder with one adapter at several scales (label
 ``adapter@scale-0.25``, each summary carrying ``adapter_scale``) and, in the same folder or given
 separately, the base model's run. Every scale is compared with the base (paired statistics of
 ``zhtune.analysis.forgetting``). The recommended scale is the one with the largest Chinese gain
-among those whose English forgetting (point estimate, base - tuned over MMLU and GSM8K) stays
+among those whose English forgetting (point estimate, base - tuned over the pooled English benchmarks) stays
 within the user's tolerance; ties go to less forgetting, then the smaller scale.
 """
 from __future__ import annotations
@@ -13,8 +13,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from zhtune.analysis.forgetting import (FORGETTING_MARGIN, GAIN_MARGIN, Comparison, EvalRun, compare_loaded,
-                                        format_p, load_run, load_runs, signed)
+from zhtune.analysis.forgetting import Comparison, compare_loaded
+from zhtune.analysis.formatting import format_p, signed
+from zhtune.analysis.runs import EvalRun, load_run, load_runs
+from zhtune.config import AnalysisConfig
 from zhtune.errors import UserError
 from zhtune.io import atomic_write_json
 
@@ -97,10 +99,12 @@ def _pts(x: float) -> str:
     return signed(x, 2)
 
 
-def analyze_tradeoff(scale_dir: str | Path, *, tolerance: float = 1.0, base_dir: str | Path | None = None,
-                     adapter: str | None = None, forgetting_margin: float = FORGETTING_MARGIN,
-                     gain_margin: float = GAIN_MARGIN) -> Tradeoff:
-    """Compare every adapter scale in ``scale_dir`` with the base and recommend a scale."""
+def analyze_tradeoff(scale_dir: str | Path, *, tolerance: float | None = None, base_dir: str | Path | None = None,
+                     adapter: str | None = None, analysis: AnalysisConfig | None = None) -> Tradeoff:
+    """Compare every adapter scale in ``scale_dir`` with the base and recommend a scale (``tolerance``:
+    accepted English forgetting in points, by default ``analysis.english_tolerance``)."""
+    analysis = analysis or AnalysisConfig()
+    tolerance = analysis.english_tolerance if tolerance is None else tolerance
     if tolerance < 0:
         raise UserError(f"--tolerance must be zero or more points, got {tolerance}")
     scale_dir = Path(scale_dir)
@@ -132,10 +136,11 @@ def analyze_tradeoff(scale_dir: str | Path, *, tolerance: float = 1.0, base_dir:
 
     points = []
     for s, r in sorted(scales, key=lambda x: x[0]):
-        cmp = compare_loaded(base, r, forgetting_margin=forgetting_margin, gain_margin=gain_margin)
+        cmp = compare_loaded(base, r, analysis)
         if cmp.chinese is None or cmp.english is None:
-            raise UserError(f"{r.path}: the trade-off needs Chinese (ceval/cmmlu) and English (mmlu/gsm8k) "
-                            f"benchmarks; evaluated: {', '.join(cmp.benchmarks)}")
+            raise UserError(f"{r.path}: the trade-off needs a pooled Chinese and a pooled English figure (a "
+                            f"Chinese and an English benchmark above chance); evaluated: {', '.join(cmp.benchmarks)}"
+                            + "".join(f"; {b}: {why}" for b, why in cmp.excluded.items()))
         points.append(ScalePoint(scale=s, comparison=cmp))
     recommended, reasoning = recommend(points, tolerance)
     return Tradeoff(folder=scale_dir, base=base, adapter=adapters[0] if len(adapters) == 1 else adapter,
@@ -144,8 +149,8 @@ def analyze_tradeoff(scale_dir: str | Path, *, tolerance: float = 1.0, base_dir:
 
 def recommend(points: list[ScalePoint], tolerance: float) -> tuple[ScalePoint | None, list[str]]:
     """The rule of the module docstring, with every step of the reasoning in words."""
-    why = [f"Tolerance: English forgetting (base − tuned accuracy over MMLU and GSM8K) of at most "
-           f"{_points(tolerance)}."]
+    names = points[0].forgetting.get("name", "English forgetting") if points else "English forgetting"
+    why = [f"Tolerance: English forgetting (base − tuned accuracy; {names}) of at most {_points(tolerance)}."]
     for p in points:
         g, f = p.gain, p.forgetting
         within = f["change_points"] <= tolerance

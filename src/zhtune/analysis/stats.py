@@ -9,13 +9,15 @@ Why these methods:
 
 - **Tango's score interval for paired data** (Tango 1998; the score-type alternative Newcombe 1998
   compares his hybrid intervals with): every change the score test does not reject. The test at a
-  change of 0 is McNemar's, so interval and p-value agree. Unlike a Wald or a percentile-bootstrap
+  change of 0 is McNemar's asymptotic test. Unlike a Wald or a percentile-bootstrap
   interval it never has zero width when nothing changed (24 questions that all kept their answers
   cannot prove a change of exactly 0), and in simulation (tests/test_stats.py) it covers the true
   change 95-96% of the time once about five questions are expected to change (100 questions at 5%
   discordance), and is conservative (up to 100%) with fewer. Newcombe's
   method 10 was tried first: at 100 questions and 5% discordance it covers 97.5-98%, too wide.
-- **McNemar's exact test**: the two-sided binomial test of ``c`` in ``b + c`` trials at 1/2.
+- **McNemar's exact test**: the two-sided binomial test of ``c`` in ``b + c`` trials at 1/2 (on the
+  effective counts for pooled figures). It is the p every figure prints and decides its verdict;
+  :func:`paired_interval` is Tango's interval made to agree with it at 0 (docs/statistics.md).
 - **Cluster-robust pooled interval** (Miller 2024, "Adding Error Bars to Evals"): questions of one
   subject are not independent, so the standard error of a pooled change sums the residuals per
   subject, stratified by benchmark. It enters the score interval as a design effect (an effective
@@ -32,12 +34,15 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.stats import binom, norm
+from scipy.special import betainc
+from scipy.stats import norm
 from scipy.stats import t as student_t
 
 ArrayLike = np.ndarray | float | int
 FORGETTING, GAIN = "forgetting", "gain"  # which side of a change matters: English forgetting, Chinese gain
 LOSS_VERDICTS = ("forgot", "declined")
+NO_FORGETTING = "no forgetting beyond the margin"  # English: non-inferiority within the margin
+EQUIVALENT = "equivalent within the margin"  # Chinese: both a gain and a loss of the margin excluded
 
 
 def z_value(confidence: float) -> float:
@@ -88,11 +93,12 @@ def tango_interval(b: ArrayLike, c: ArrayLike, n: ArrayLike, confidence: float =
 
 
 def noninferiority_p(b: ArrayLike, c: ArrayLike, n: ArrayLike, margin: float, *, kind: str) -> np.ndarray:
-    """One-sided score-test p-value for the margin (a fraction): the evidence for the equivalence verdict.
+    """One-sided score-test p-value for the margin (a fraction).
 
-    ``kind="forgetting"``: H0 change <= -margin against change > -margin (forgetting smaller than
-    the margin); ``kind="gain"``: H0 change >= margin against change < margin. p < 0.05 exactly when
-    the 90% interval's bound lies inside the margin (Schuirmann's TOST for the side that matters)."""
+    ``kind="forgetting"``: the non-inferiority test, H0 change <= -margin against change > -margin
+    (forgetting smaller than the margin); ``kind="gain"``: the non-superiority test, H0 change >= margin
+    against change < margin. p < 0.05 exactly when the 90% interval's bound on that side lies inside
+    the margin. Both together are Schuirmann's TOST (:func:`equivalence_p`)."""
     b, c, n = (np.asarray(v, dtype=float) for v in (b, c, n))
     n_safe = np.where(n > 0, n, 1.0)
     if kind == FORGETTING:
@@ -108,11 +114,40 @@ def mcnemar_exact(b: ArrayLike, c: ArrayLike) -> float | np.ndarray:
     """Two-sided exact McNemar p-value: binomial test of c successes in b + c trials at 1/2.
 
     The binomial at 1/2 is symmetric, so the two-sided p is min(1, 2 P(X <= min(b, c))), the same
-    as ``scipy.stats.binomtest``, but vectorised; 1 when no question changed. Scalars in, float out."""
-    b_arr, c_arr = np.asarray(b), np.asarray(c)
-    p = np.minimum(1.0, 2 * binom.cdf(np.minimum(b_arr, c_arr), b_arr + c_arr, 0.5))
-    p = np.where(b_arr + c_arr == 0, 1.0, p)
+    as ``scipy.stats.binomtest``, but vectorised; 1 when no question changed. P(X <= k) is written as
+    the regularised incomplete beta I_1/2(m - k, k + 1), which is the binomial probability for whole
+    counts and extends it continuously to the effective (fractional) counts of pooled figures, whose
+    counts are divided by a design effect. Scalars in, float out."""
+    b_arr, c_arr = np.asarray(b, dtype=float), np.asarray(c, dtype=float)
+    m, k = b_arr + c_arr, np.minimum(b_arr, c_arr)
+    tied = m - k <= k  # b == c: P(X <= m/2) >= 1/2, so p = 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tail = betainc(np.where(tied, 1.0, m - k), k + 1, 0.5)
+    p = np.where((m <= 0) | tied, 1.0, np.minimum(1.0, 2 * tail))
     return float(p) if p.ndim == 0 else p
+
+
+_PAST_ZERO = 1e-9  # a fraction: survives rounding to points (9 decimals), prints as 0.0
+
+
+def paired_interval(b: ArrayLike, c: ArrayLike, n: ArrayLike,
+                    confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """The interval every paired figure prints: Tango's score interval, made to agree with McNemar's
+    exact test at zero, so that the interval excludes 0 exactly when the exact p < 1 - confidence.
+
+    It is the set of changes that a family of tests does not reject: the exact conditional test at a
+    change of 0 (the test the verdict and the printed p come from), Tango's score test everywhere
+    else. Where the exact test does not reject no change but the score test does (few discordant
+    questions, e.g. 0 lost and 4 gained), the interval is extended to 0; where the exact test rejects
+    and the score test does not (only at confidences above 99.99%), the end nearest 0 is moved just
+    past 0 (1e-7 points). Counts may be effective (fractional)."""
+    b, c, n = (np.asarray(v, dtype=float) for v in (b, c, n))
+    low, high = tango_interval(b, c, n, confidence)
+    rejects = np.asarray(mcnemar_exact(b, c)) < 1 - confidence
+    positive = c > b
+    low = np.where(~rejects, np.minimum(low, 0.0), np.where(positive, np.maximum(low, _PAST_ZERO), low))
+    high = np.where(~rejects, np.maximum(high, 0.0), np.where(positive, high, np.minimum(high, -_PAST_ZERO)))
+    return low, high
 
 
 def cluster_design_effect(stratum: np.ndarray, n: ArrayLike, b: ArrayLike, c: ArrayLike,
@@ -163,12 +198,13 @@ def clustered_interval(stratum: np.ndarray, n: ArrayLike, b: ArrayLike, c: Array
     """Interval for a pooled change (several benchmarks, questions clustered by subject).
 
     Per-subject counts on the last axis; returns (low, high, design effect). Tango's interval of the
-    pooled counts, every count divided by the design effect: at large n its half-width is the t value
+    pooled counts, every count divided by the design effect (agreeing with the exact test of the
+    effective counts at 0, as :func:`paired_interval`): at large n its half-width is the t value
     times the cluster-robust standard error, and it keeps the score interval's behaviour (never zero
     width) when few questions changed."""
     n, b, c = (np.asarray(v, dtype=float) for v in (n, b, c))
     deff = cluster_design_effect(stratum, n, b, c, confidence)
-    low, high = tango_interval(b.sum(axis=-1) / deff, c.sum(axis=-1) / deff, n.sum(axis=-1) / deff, confidence)
+    low, high = paired_interval(b.sum(axis=-1) / deff, c.sum(axis=-1) / deff, n.sum(axis=-1) / deff, confidence)
     return low, high, deff
 
 
@@ -252,47 +288,74 @@ def verdict(change: float, low: float, high: float, bound_low: float, bound_high
     """The verdict on a change tuned - base (all in points).
 
     ``change``: the estimate; ``low, high``: the 95% interval; ``bound_low, bound_high``: the
-    one-sided 95% bounds (the limits of the 90% two-sided interval). For ``kind="forgetting"``: *forgot* (interval below 0),
-    *improved* (above 0), *no forgetting beyond the margin* (forgetting of ``margin`` or more
-    rejected at one-sided alpha = 0.05, i.e. Schuirmann's TOST for the side that matters:
-    bound_low > -margin), else *inconclusive*. ``kind="gain"`` mirrors it for a gain:
-    *improved*, *declined*, *no gain beyond the margin* (bound_high < margin), *inconclusive*.
-    ``significant`` overrides "the interval excludes 0" and ``equivalent`` overrides the bound check
-    (subjects and categories pass BH q < 0.05 of McNemar's test and of the one-sided margin test), the
-    direction then being the sign of the change."""
+    one-sided 95% bounds (the limits of the 90% two-sided interval). ``significant``: the test of no
+    change rejects (p < 0.05, or BH q < 0.05 within a family); without it, "the interval excludes 0",
+    which :func:`paired_interval` makes the same thing. For ``kind="forgetting"`` (English):
+    *forgot* / *improved*, else *no forgetting beyond the margin* when forgetting of ``margin`` or more
+    is rejected by the one-sided (non-inferiority) test at alpha = 0.05 (bound_low > -margin), else
+    *inconclusive*. For ``kind="gain"`` (Chinese, two-sided): *improved* / *declined*, else
+    *equivalent within the margin* when both a gain and a loss of ``margin`` or more are rejected
+    (the non-inferiority and the non-superiority test, i.e. Schuirmann's TOST: -margin < bound_low and
+    bound_high < margin), else *inconclusive*. ``equivalent`` overrides the bound check (subjects and
+    categories pass the BH q of the margin test's p)."""
     if significant is None:
         below, above = high < 0, low > 0
     else:
         below, above = significant and change < 0, significant and change > 0
-    within = (bound_low > -margin if kind == FORGETTING else bound_high < margin) if equivalent is None else equivalent
-    if kind == FORGETTING:
-        if below:
-            return "forgot"
-        if above:
-            return "improved"
-        return "no forgetting beyond the margin" if within else "inconclusive"
-    if kind == GAIN:
-        if above:
-            return "improved"
-        if below:
-            return "declined"
-        return "no gain beyond the margin" if within else "inconclusive"
-    raise ValueError(f"kind must be {FORGETTING!r} or {GAIN!r}, got {kind!r}")
+    if kind not in (FORGETTING, GAIN):
+        raise ValueError(f"kind must be {FORGETTING!r} or {GAIN!r}, got {kind!r}")
+    if equivalent is None:
+        equivalent = bound_low > -margin and (kind == FORGETTING or bound_high < margin)
+    if below:
+        return "forgot" if kind == FORGETTING else "declined"
+    if above:
+        return "improved"
+    if equivalent:
+        return NO_FORGETTING if kind == FORGETTING else EQUIVALENT
+    return "inconclusive"
+
+
+def equivalence_p(b: ArrayLike, c: ArrayLike, n: ArrayLike, margin: float, *, kind: str) -> np.ndarray:
+    """p of the margin verdict: for forgetting the one-sided non-inferiority test (H0: change <=
+    -margin); for a Chinese change the TOST p, the larger of the non-inferiority and the
+    non-superiority (H0: change >= margin) p, so p < 0.05 exactly when the 90% interval lies inside
+    (-margin, margin)."""
+    low_side = noninferiority_p(b, c, n, margin, kind=FORGETTING)
+    return low_side if kind == FORGETTING else np.maximum(low_side, noninferiority_p(b, c, n, margin, kind=GAIN))
+
+
+def fcr_confidence(selected: int, total: int, alpha: float = 0.05) -> float:
+    """Confidence of Benjamini & Yekutieli's (2005) false-coverage-rate intervals: when ``selected``
+    of ``total`` parameters are chosen for display (e.g. the largest subject changes), intervals at
+    1 - selected * alpha / total keep the expected share of shown intervals that miss their true
+    value at most alpha (independent estimates, as subjects' question sets are)."""
+    return 1 - max(selected, 1) * alpha / max(total, 1)
+
+
+def fewest_changes_for_significance(alpha: float = 0.05) -> int:
+    """The fewest discordant questions, all changed in one direction, with McNemar's exact p < alpha
+    (2 * 0.5^k < alpha): 6 at 0.05. A set of fewer questions cannot reach significance at all."""
+    return math.floor(1 + math.log2(1 / alpha) + 1e-12) + 1
 
 
 def paired_ratio_interval(base: ArrayLike, tuned: ArrayLike, weight: ArrayLike,
                           confidence: float = 0.95) -> dict:
     """Change of a ratio of sums, sum(tuned - base) / sum(weight), paired by unit (bits per character:
-    the units are texts, ``base``/``tuned`` their bits and ``weight`` their characters).
+    the units are texts, ``base``/``tuned`` their bits and ``weight`` their characters), and the
+    relative change sum(tuned) / sum(base) - 1.
 
-    The ratio estimator's linearised standard error (Cochran 1977, 6.9): residuals
-    r_i = d_i - change * w_i with d_i = tuned_i - base_i, se = sqrt(n / (n - 1) * sum r_i^2) / sum w,
-    and a t interval with n - 1 degrees of freedom; p is the two-sided t test of no change. Texts, not
-    tokens, are the units: tokens of one text do not vary independently. None with fewer than 2 units."""
+    Both are ratio estimators with the linearised standard error (Cochran 1977, 6.9): for the change,
+    residuals r_i = d_i - change * w_i with d_i = tuned_i - base_i and se = sqrt(n / (n - 1) * sum
+    r_i^2) / sum w; for the ratio R = sum tuned / sum base, r_i = tuned_i - R base_i and se = sqrt(n /
+    (n - 1) * sum r_i^2) / sum base, so the relative interval allows for the variance of the
+    denominator (dividing the change's interval by the base value would not). t intervals with n - 1
+    degrees of freedom; p is the two-sided t test of no change. Texts, not tokens, are the units:
+    tokens of one text do not vary independently. None with fewer than 2 units."""
     base, tuned, weight = (np.asarray(x, dtype=float) for x in (base, tuned, weight))
     n = len(weight)
     if n < 2 or not (len(base) == len(tuned) == n):
-        return {"change": None, "low": None, "high": None, "p": None, "units": n}
+        return {"change": None, "low": None, "high": None, "p": None, "units": n,
+                "relative": None, "relative_low": None, "relative_high": None}
     d = tuned - base
     total = weight.sum()
     change = d.sum() / total
@@ -302,5 +365,8 @@ def paired_ratio_interval(base: ArrayLike, tuned: ArrayLike, weight: ArrayLike,
         p = 1.0 if change == 0 else 0.0
     else:
         p = float(2 * student_t.sf(abs(change) / se, n - 1))
+    ratio = tuned.sum() / base.sum()
+    ratio_se = math.sqrt(n / (n - 1) * float(np.sum((tuned - ratio * base) ** 2))) / base.sum()
     return {"change": float(change), "low": float(change - crit * se), "high": float(change + crit * se),
-            "p": p, "units": n}
+            "p": p, "units": n, "relative": float(ratio - 1), "relative_low": float(ratio - 1 - crit * ratio_se),
+            "relative_high": float(ratio - 1 + crit * ratio_se)}

@@ -28,15 +28,15 @@ def _analysis_default(name: str) -> Any:
 
 
 def _ci(f: dict) -> str:
-    from zhtune.analysis.forgetting import num, signed
+    from zhtune.analysis.formatting import num, signed
 
     return f"{signed(f['change_points'])} [{num(f['ci_low'])}, {num(f['ci_high'])}]"
 
 
 def _p(p: float) -> str:
-    from zhtune.analysis.forgetting import format_p
+    from zhtune.analysis.formatting import p_cell
 
-    return format_p(p).replace("= ", "")
+    return p_cell(p)
 
 
 def _verdict(f: dict) -> str:
@@ -49,8 +49,8 @@ def _mdc(f: dict) -> str:
 
 
 def print_comparison(cmp: dict) -> None:
-    from zhtune.analysis.plots import benchmark_name
-    from zhtune.analysis.report import headline_sentences, pct
+    from zhtune.analysis.formatting import benchmark_name, pct
+    from zhtune.analysis.sentences import headline_sentences
 
     table = Table(title=f"{cmp['tuned']['label']} vs {cmp['base']['label']}  (change in points, 95% CI)")
     for col in ("Benchmark", "n", "Base %", "Tuned %", "Change [95% CI]", "p", "Verdict", "Margin", "MDC"):
@@ -58,10 +58,10 @@ def print_comparison(cmp: dict) -> None:
     for bench, g in cmp["benchmarks"].items():
         table.add_row(benchmark_name(bench), f"{g['n']:,}", pct(g["base_accuracy"]), pct(g["tuned_accuracy"]),
                       _ci(g), _p(g["p_value"]), _verdict(g), f"{g['margin']:g}", _mdc(g))
-    for key, name in (("chinese_gain", "Chinese gain"), ("english_forgetting", "English forgetting")):
+    for key in ("chinese_gain", "english_forgetting"):
         f = cmp.get(key)
         if f:
-            table.add_row(f"[bold]{name}[/]", f"{f['n']:,}", pct(f["base_accuracy"]), pct(f["tuned_accuracy"]),
+            table.add_row(f"[bold]{f.get('name', key)}[/]", f"{f['n']:,}", pct(f["base_accuracy"]), pct(f["tuned_accuracy"]),
                           _ci(f), _p(f["p_value"]), _verdict(f), f"{f['margin']:g}", _mdc(f))
     console.print(table)
     for sentence in headline_sentences(cmp)[:2]:
@@ -72,7 +72,7 @@ def print_comparison(cmp: dict) -> None:
 
 def print_combined(comparisons: list[dict]) -> None:
     table = Table(title="All runs (points, 95% CI; forgetting = base − tuned)")
-    for col in ("Run", "Chinese gain", "Verdict", "English forgetting", "Verdict", "Benchmarks that fell"):
+    for col in ("Run", "Chinese change", "Verdict", "English forgetting", "Verdict", "Benchmarks that fell"):
         table.add_column(col, justify="right" if col.startswith(("Chinese", "English")) else "left")
     for cmp in comparisons:
         zh, en = cmp.get("chinese_gain"), cmp.get("english_forgetting")
@@ -106,6 +106,13 @@ _HEADLINE_FORMULATION = typer.Option(_analysis_default("headline_formulation"), 
                                      help=_analysis_help("headline_formulation"))
 
 
+def _analysis(**settings: Any):
+    """The one AnalysisConfig the analysis functions take, from the command's options."""
+    from zhtune.config import AnalysisConfig
+
+    return AnalysisConfig(**{k: v for k, v in settings.items() if v is not None})
+
+
 def register(app: typer.Typer) -> None:
     # Long only because it declares this area's commands: their typer options are the signature,
     # and each body parses, calls one library function and prints.
@@ -131,8 +138,8 @@ def register(app: typer.Typer) -> None:
         if len(dirs) < 2:
             raise UserError("compare needs BASE_DIR and at least one TUNED_DIR")
         with console.status("comparing evaluations"):
-            comparisons = compare_many(dirs[0], dirs[1:], forgetting_margin=forgetting_margin,
-                                       gain_margin=gain_margin, headline_formulation=headline_formulation)
+            comparisons = compare_many(dirs[0], dirs[1:], _analysis(
+                forgetting_margin=forgetting_margin, gain_margin=gain_margin, headline_formulation=headline_formulation))
         dicts = [c.to_dict() for c in comparisons]
         if len(comparisons) == 1:
             written = [write_comparison(comparisons[0], output_dir / "comparison.json")]
@@ -177,17 +184,19 @@ def register(app: typer.Typer) -> None:
     ):
         """One self-contained report.html (plus report.md and report.json): three sentences with the answer,
         tables, charts, settings and how the statistics were computed."""
-        from zhtune.analysis.report import build_report, check_in_browser
+        from zhtune.analysis.report import build_report, check_in_browser, report_from_evaluations
         from zhtune.errors import UserError
 
         comparisons = _load_comparisons(comparison) if comparison else None
         if comparisons is None and (base is None or not tuned):
             raise UserError("report: give --base and --tuned evaluation folders, or --comparison files")
+        analysis = _analysis(forgetting_margin=forgetting_margin, gain_margin=gain_margin,
+                             headline_formulation=headline_formulation, english_tolerance=tolerance)
         with console.status("building report") as status:
-            paths = build_report(base=base, tuned=tuned or [], comparisons=comparisons, output_dir=output_dir,
-                                 train_dir=train_dir, scale_dir=scale_dir, tolerance=tolerance, title=title,
-                                 forgetting_margin=forgetting_margin, gain_margin=gain_margin,
-                                 headline_formulation=headline_formulation, progress=lambda msg: status.update(f"building report: {msg}"))
+            common = dict(output_dir=output_dir, train_dir=train_dir, scale_dir=scale_dir, title=title,
+                          analysis=analysis, progress=lambda msg: status.update(f"building report: {msg}"))
+            paths = (build_report(comparisons=comparisons, **common) if comparisons is not None
+                     else report_from_evaluations(base, tuned, **common))
         write_resolved_settings(output_dir, "report", base=base, tuned=[str(t) for t in tuned or []],
                         comparison=[str(c) for c in comparison or []], train_dir=train_dir, scale_dir=scale_dir,
                         tolerance=tolerance, title=title, forgetting_margin=forgetting_margin,
@@ -223,8 +232,8 @@ def register(app: typer.Typer) -> None:
         from zhtune.analysis.scale import analyze_tradeoff, write_tradeoff
 
         with console.status("comparing every scale with the base"):
-            result = analyze_tradeoff(scale_dir, tolerance=tolerance, base_dir=base, adapter=adapter,
-                                      forgetting_margin=forgetting_margin, gain_margin=gain_margin)
+            result = analyze_tradeoff(scale_dir, base_dir=base, adapter=adapter, analysis=_analysis(
+                forgetting_margin=forgetting_margin, gain_margin=gain_margin, english_tolerance=tolerance))
             paths = write_tradeoff(result, output_dir)
         write_resolved_settings(output_dir, "tradeoff", scale_dir=scale_dir, tolerance=tolerance, base=base,
                         adapter=adapter, forgetting_margin=forgetting_margin, gain_margin=gain_margin)
@@ -252,6 +261,10 @@ def register(app: typer.Typer) -> None:
             None, "--discordance", min=0.0001, max=1.0,
             help="Assumed share of questions whose outcome differs between the runs (e.g. 0.15), "
                  "for every benchmark, when no --tuned pilot exists."),
+        design_effect: Optional[float] = typer.Option(
+            None, "--design-effect", min=1.0,
+            help="Assumed design effect of the pooled figures (questions of one subject changing together), "
+                 "when no --tuned pilot measures it; 1 (independent questions) when not given."),
         output_dir: Optional[Path] = typer.Option(None, "--output-dir", "--output_dir",
                                                   help="Also write plan.json here."),
     ):
@@ -259,19 +272,22 @@ def register(app: typer.Typer) -> None:
         two-sided alpha 0.05, McNemar's test), from a pilot run. The discordance comes from a --tuned pilot,
         from --discordance, or else is assumed from the base accuracy p as 2p(1 - p), which fine-tuning
         rarely exceeds."""
-        from zhtune.analysis.forgetting import plan_questions
-        from zhtune.analysis.plots import benchmark_name
-        from zhtune.analysis.report import pct
+        from zhtune.analysis.formatting import benchmark_name, pct
+        from zhtune.analysis.planning import plan_questions
         from zhtune.io import atomic_write_json
 
-        plan = plan_questions(from_dir, tuned_dir=tuned, change=change, discordance=discordance)
+        plan = plan_questions(from_dir, tuned_dir=tuned, change=change, discordance=discordance,
+                              design_effect=design_effect)
         table = Table(title=f"Questions needed to detect a change of {change:g} points (80% power, α = 0.05)")
         for col in ("Benchmark", "Pilot n", "Base %", "Discordance", "MDC at pilot n", "Questions needed"):
             table.add_column(col, justify="left" if col == "Benchmark" else "right")
-        for row in plan["benchmarks"]:
+        for row in plan["benchmarks"] + plan["pooled"]:
             mdc = row["min_detectable_change_at_pilot_n"]
             needed = row["questions_needed"]
-            table.add_row(benchmark_name(row["benchmark"]), f"{row['pilot_n']:,}", pct(row["base_accuracy"]),
+            name = (benchmark_name(row["benchmark"]) if "language" not in row else
+                    f"pooled {' + '.join(map(benchmark_name, row['benchmarks']))} (design effect "
+                    f"{row['design_effect']:.2f}, {row['design_effect_source']})")
+            table.add_row(name, f"{row['pilot_n']:,}", pct(row["base_accuracy"]),
                           f"{100 * row['discordance']:.1f}%", "–" if mdc is None else f"{mdc:.1f}",
                           "–" if needed is None else f"{needed:,}")
         console.print(table)
@@ -279,5 +295,5 @@ def register(app: typer.Typer) -> None:
         if output_dir is not None:
             written = atomic_write_json(output_dir / "plan.json", plan)
             write_resolved_settings(output_dir, "plan", pilot=from_dir, tuned=tuned, change=change,
-                            discordance=discordance)
+                            discordance=discordance, design_effect=design_effect)
             console.print(f"[bold green]wrote[/] {written}")

@@ -37,7 +37,8 @@ def headline_numbers(cmp: dict) -> dict:
     """Chinese gain and English forgetting (points, with 95% intervals) from a comparison.json."""
     out: dict[str, Any] = {}
     for name in ("chinese_gain", "english_forgetting"):
-        fig = cmp.get(name)
+        # every benchmark of a language at chance (tiny runs): rank by the figure that includes them
+        fig = cmp.get(name) or (cmp.get("pooled_including_floors") or {}).get(name)
         if fig is None:  # the sweep evaluated no benchmark of that language
             raise UserError(f"sweep: the comparison has no {name.replace('_', ' ')}; evaluate at "
                             "least one Chinese (ceval, cmmlu) and one English (mmlu, gsm8k) benchmark")
