@@ -102,15 +102,18 @@ _FORGETTING_MARGIN = typer.Option(_analysis_default("forgetting_margin"), "--for
                                   help=_analysis_help("forgetting_margin"))
 _GAIN_MARGIN = typer.Option(_analysis_default("gain_margin"), "--gain-margin", min=0.0, max=100.0,
                             help=_analysis_help("gain_margin"))
+_TOLERANCE = typer.Option(_analysis_default("english_tolerance"), "--tolerance", min=0.0,
+                         help=_analysis_help("english_tolerance"))
 _HEADLINE_FORMULATION = typer.Option(_analysis_default("headline_formulation"), "--headline-formulation",
                                      help=_analysis_help("headline_formulation"))
 
 
 def _analysis(**settings: Any):
-    """The one AnalysisConfig the analysis functions take, from the command's options."""
-    from zhtune.config import AnalysisConfig
+    """The one AnalysisConfig the analysis functions take: the schema's defaults, then the command's
+    options, resolved as every command resolves its config."""
+    from zhtune.config import resolve_config
 
-    return AnalysisConfig(**{k: v for k, v in settings.items() if v is not None})
+    return resolve_config(None, {f"analysis.{k}": v for k, v in settings.items()}).analysis
 
 
 def register(app: typer.Typer) -> None:
@@ -170,8 +173,7 @@ def register(app: typer.Typer) -> None:
         scale_dir: Optional[Path] = typer.Option(None, "--scale-dir", "--scale_dir",
                                                  help="Multi-run evaluation of one adapter at several scales: "
                                                       "adds the scale trade-off."),
-        tolerance: float = typer.Option(1.0, "--tolerance", min=0.0,
-                                        help="Accepted English forgetting (points) for the scale recommendation."),
+        tolerance: float = _TOLERANCE,
         output_dir: Path = typer.Option(Path("report"), "--output-dir", "--output_dir",
                                         help="Where report.html, report.md, report.json and the charts go."),
         title: str = typer.Option("zhtune report", "--title", help="Report title."),
@@ -217,8 +219,7 @@ def register(app: typer.Typer) -> None:
     def tradeoff_cmd(
         scale_dir: Path = typer.Argument(..., help="Multi-run evaluation folder: the base and one adapter at "
                                                    "several scales (labels like adapter@scale-0.25)."),
-        tolerance: float = typer.Option(1.0, "--tolerance", min=0.0,
-                                        help="Accepted English forgetting in points (base − tuned accuracy)."),
+        tolerance: float = _TOLERANCE,
         base: Optional[Path] = typer.Option(None, "--base", help="Base evaluation folder, when the scale folder "
                                                                  "has no base run."),
         adapter: Optional[str] = typer.Option(None, "--adapter", help="Which adapter, when the folder holds several."),
