@@ -29,6 +29,7 @@ from transformers import Trainer, TrainerCallback, set_seed
 from zhtune import __version__
 from zhtune.artifacts import ADAPTER_META, utc_timestamp
 from zhtune.config import ExperimentConfig, ModelConfig, config_to_dict, save_resolved
+from zhtune.devices import multi_gpu_hint
 from zhtune.errors import UserError
 from zhtune.io import atomic_write_json, default_data_dir, read_json
 from zhtune.train.checkpoints import RUN_FILE, checkpoint_step, latest_checkpoint, lock_output, run_fingerprint
@@ -117,6 +118,9 @@ def setup_run(cfg: ExperimentConfig, out_dir: str | Path, data_dir: str | Path |
     # unless a prepared dataset says otherwise (setup_data rebuilds the arguments then).
     args = build_training_args(cfg, out, settings["learning_rate"], cfg.data.val_size > 0, precision, device)
     is_main = args.process_index == 0
+    hint = multi_gpu_hint(device)
+    if hint and is_main:
+        log.warning(hint)
     return TrainingRun(cfg=cfg, out=out, data_dir=default_data_dir(data_dir or cfg.data.data_dir), device=device,
                        precision=precision, tokenizer=tokenizer, family=family, settings=settings, args=args,
                        is_main=is_main, lock=lock_output(out) if is_main else None)
