@@ -105,6 +105,9 @@ class TrainConfig(_Section):
     eval_steps: int | None = Field(None, gt=0)  # validation loss every N steps (None: save_steps)
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"])
     deepspeed: str | None = None  # path to a DeepSpeed JSON config
+    num_processes: int = Field(1, ge=1, description=(
+        "Processes to train (and evaluate, in zhtune run) with, one per GPU: above 1, zhtune starts "
+        "torchrun itself. 1 trains on the single device model.device names."))
     seed: int = 42
     probes: ProbeConfig = Field(default_factory=ProbeConfig)
 

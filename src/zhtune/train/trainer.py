@@ -206,16 +206,36 @@ def build_training_args(cfg: ExperimentConfig, out: Path, learning_rate: float, 
     )
 
 
-def deepspeed_config(spec: str | None) -> str | None:
+def deepspeed_path(spec: str) -> Path:
     """``train.deepspeed``: a JSON path, or the name of a shipped one (``zero2``, ``zero3``)."""
-    if not spec:
-        return None
     path = Path(spec).expanduser()
     shipped = Path(__file__).resolve().parents[1] / "configs" / "deepspeed" / f"{spec}.json"
     if not path.exists() and shipped.exists():
         path = shipped
     if not path.exists():
         raise UserError(f"train.deepspeed: {spec} does not exist (shipped: zero2, zero3)")
+    return path
+
+
+def zero_stage(spec: str | None) -> int | None:
+    """The ZeRO stage of ``train.deepspeed`` (None: no DeepSpeed, or no stage given)."""
+    if not spec:
+        return None
+    import json
+
+    path = deepspeed_path(spec)
+    try:
+        stage = json.loads(path.read_text(encoding="utf-8")).get("zero_optimization", {}).get("stage")
+    except ValueError as err:
+        raise UserError(f"train.deepspeed: {path} is not valid JSON ({err})") from None
+    return stage if isinstance(stage, int) else None
+
+
+def deepspeed_config(spec: str | None) -> str | None:
+    """``train.deepspeed`` as the path the Trainer reads (DeepSpeed must be installed)."""
+    if not spec:
+        return None
+    path = deepspeed_path(spec)
     try:
         import deepspeed  # noqa: F401
     except ImportError:
