@@ -28,8 +28,10 @@ def snapshot() -> dict:
     import psutil
 
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
-    out = {"rss_mb": round(psutil.Process().memory_info().rss / _MB, 1),
-           "peak_rss_mb": round(peak_kb / (_MB if sys.platform == "darwin" else 1024), 1)}
+    rss = psutil.Process().memory_info().rss / _MB
+    peak = peak_kb / (_MB if sys.platform == "darwin" else 1024)
+    # max: the kernel's peak and psutil's current figure are sampled separately
+    out = {"rss_mb": round(rss, 1), "peak_rss_mb": round(max(peak, rss), 1)}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         out.update({"cuda_allocated_mb": round(torch.cuda.memory_allocated() / _MB, 1),
                     "cuda_reserved_mb": round(torch.cuda.memory_reserved() / _MB, 1),

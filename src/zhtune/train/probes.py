@@ -251,7 +251,12 @@ class ForgettingProbeCallback(TrainerCallback):
 
         self._append(row)
         self.last_step = state.global_step
+        # trainer.log clears should_log; the Trainer's own loss log of this step must still run
+        # (and under DDP it gathers the loss from every process: skipped here alone, it would
+        # leave the other processes waiting).
+        should_log = control.should_log
         self._log(state, {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        control.should_log = should_log
         return row
 
     def _log(self, state, metrics: dict) -> None:
