@@ -432,3 +432,41 @@ def test_evaluate_gsm8k_scores_what_was_generated(monkeypatch, shared_data):
     assert [(p.correct_strict, p.correct) for p in preds] == [(True, True), (False, True), (False, False)]
     assert seen["prompts"][1] == f"Question: {questions[1].question}\nAnswer:"
     assert seen["stops"] == ["Question:", "</s>", "<|im_end|>"]  # no tokenizer: no EOS to add
+
+
+def test_out_of_memory_halves_the_batch_and_keeps_it(tiny_llama_dir, caplog):
+    """An accelerator that holds at most 2 sequences: the batch of 5 fails once and is halved to 2,
+    the smaller batch is kept (no further out-of-memory), and the text is that of a run that fits."""
+    model, tokenizer = _sharp_model(tiny_llama_dir)
+    kw = dict(stop_strings=[], max_new_tokens=8, progress=False)
+    expected = generate_greedy(model, tokenizer, PROMPTS, batch_size=5, **kw)
+    real_forward, rows, failures = model.forward, [], []
+
+    def small_accelerator(*args, **kwargs):
+        n = kwargs["input_ids"].shape[0]
+        if n > 2:
+            failures.append(n)
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        rows.append(n)
+        return real_forward(*args, **kwargs)
+
+    model.forward = small_accelerator
+    with caplog.at_level("WARNING"):
+        got = generate_greedy(model, tokenizer, PROMPTS, batch_size=5, **kw)
+    assert got == expected
+    assert failures == [5]  # one failure: later batches start at the halved size
+    assert max(rows) == 2 and rows.count(2) > len(PROMPTS)  # kept at 2, and used at 2
+    limits = [r.getMessage().split()[-2] for r in caplog.records if "out of memory" in r.getMessage()]
+    assert limits == ["2"]
+
+
+def test_out_of_memory_with_one_sequence_is_raised(tiny_llama_dir):
+    model, tokenizer = _sharp_model(tiny_llama_dir)
+
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    model.forward = no_memory
+    with pytest.raises(torch.OutOfMemoryError):
+        generate_greedy(model, tokenizer, PROMPTS[:3], stop_strings=[], max_new_tokens=4, batch_size=4,
+                        share_prefix=False, progress=False)

@@ -212,3 +212,22 @@ def test_run_probes_keys_and_empty_parts(tiny_qwen_dir, probes):
     assert run_probes(model, tokenizer, None, only_text)["probe/zh_bpc"] == metrics["probe/zh_bpc"]
     with pytest.raises(ValueError, match="perplexity"):
         ForgettingProbeCallback(only_text, tokenizer, None, every_steps=1, out_dir=".", keep_best=True)
+
+
+def test_probes_refused_under_zero3_before_any_work(tmp_path):
+    from zhtune.config import load_config
+    from zhtune.errors import UserError
+    from zhtune.experiment import run_experiment
+    from zhtune.train.lora import train_lora
+    from zhtune.train.probes import check_probes_supported
+    from zhtune.train.trainer import zero_stage
+
+    assert zero_stage("zero3") == 3 and zero_stage("zero2") == 2 and zero_stage(None) is None
+    check_probes_supported(True, 2)  # ZeRO-2 keeps whole weights on every process: allowed
+    check_probes_supported(False, 3)
+    cfg = load_config(None, ["model.name_or_path=/nonexistent/model", "train.deepspeed=zero3",
+                             "train.probes.every_steps=10", f"output.dir={tmp_path / 'run'}"])
+    for start in (lambda: train_lora(cfg, tmp_path / "train"), lambda: run_experiment(cfg)):
+        with pytest.raises(UserError, match="ZeRO-3"):  # not "no such model": nothing loaded yet
+            start()
+    assert not (tmp_path / "train").exists()

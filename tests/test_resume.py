@@ -131,3 +131,29 @@ def test_one_writer_per_output_folder(tiny_qwen_dir, prepared, tmp_path):
         train_lora(cfg, tmp_path, dataset_dir=prepared)
     held.close()  # released (as when that process exits or is killed)
     assert lock_output(tmp_path) is not None
+
+
+@pytest.mark.parametrize("code", ["ENOSYS", "EOPNOTSUPP"])
+def test_lock_degrades_to_a_warning_without_flock(tmp_path, monkeypatch, caplog, code):
+    """Lustre / BeeGFS without flock support: flock raises ENOSYS or EOPNOTSUPP; training goes on."""
+    import errno
+    import fcntl
+
+    from zhtune.train import checkpoints
+
+    def unsupported(fd, op):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    monkeypatch.setattr(fcntl, "flock", unsupported)
+    with caplog.at_level("WARNING", logger="zhtune.train.checkpoints"):
+        held = checkpoints.lock_output(tmp_path)
+    assert held is not None and not held.closed
+    held.close()
+    assert any("does not support locks" in r.getMessage() for r in caplog.records)
+
+    def other_error(fd, op):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(fcntl, "flock", other_error)
+    with pytest.raises(OSError, match="I/O error"):  # a real failure is not hidden
+        checkpoints.lock_output(tmp_path)

@@ -116,6 +116,9 @@ class TrainConfig(_Section):
     report_to: list[str] = Field(default_factory=lambda: ["tensorboard"], description=(
         "Training-loss loggers passed to the HF Trainer (tensorboard, wandb, mlflow, none)."))
     deepspeed: str | None = Field(None, description="DeepSpeed JSON config (e.g. configs/deepspeed/zero2.json); GPUs only.")
+    num_processes: int = Field(1, ge=1, description=(
+        "Processes to train (and evaluate, in zhtune run) with, one per GPU: above 1, zhtune starts "
+        "torchrun itself. 1 trains on the single device model.device names."))
     seed: int = Field(42, description="Seed of the LoRA initialisation, dropout and data order.")
     probes: ProbeConfig = Field(default_factory=ProbeConfig, description="Forgetting probes during training.")
 

@@ -45,15 +45,30 @@ class ExperimentResult:
 def run_stage(name: str, stage_dir: Path, fp: str, work: Callable[[Path], None], force: bool = False) -> bool:
     """Run ``work(stage_dir)`` unless the stage is up to date (the skip rule: zhtune.artifacts).
     True if it ran."""
-    if not force and stage_is_current(stage_dir, fp):
+    from zhtune import distributed
+
+    # Under a distributed launch (train.num_processes) rank 0 decides and writes the markers; every
+    # process runs the work, which writes on rank 0 only.
+    if not force and distributed.broadcast_from_main(stage_is_current(stage_dir, fp)):
         log.info("stage %-8s up to date (%s)", name, stage_dir)
         return False
-    begin_stage(stage_dir, name, fp, force=force)
+    if distributed.is_main():
+        begin_stage(stage_dir, name, fp, force=force)
+    distributed.barrier()
     log.info("stage %-8s running -> %s", name, stage_dir)
     t0 = time.time()
     work(stage_dir)
-    finish_stage(stage_dir, name, fp, time.time() - t0)
+    distributed.barrier()
+    if distributed.is_main():
+        finish_stage(stage_dir, name, fp, time.time() - t0)
     return True
+
+
+def main_process_only(work: Callable[[Path], object]) -> Callable[[Path], object]:
+    """A stage that one process does (data preparation, comparison, report): rank 0's."""
+    from zhtune import distributed
+
+    return lambda d: work(d) if distributed.is_main() else None
 
 
 def stage_fingerprints(cfg: ExperimentConfig, data_dir: Path | None) -> dict[str, str]:
@@ -98,13 +113,20 @@ def run_experiment(cfg: ExperimentConfig, *, data_dir: str | Path | None = None,
     from zhtune.eval.suite import check_eval_dtype, run_eval
     from zhtune.tracking import start_experiment
     from zhtune.train.lora import train_lora
+    from zhtune.models.loading import pick_device
+    from zhtune.train.probes import check_probes_supported
+    from zhtune.train.trainer import zero_stage
+
+    from zhtune import distributed, memory
+    from zhtune.launch import launch, should_launch
 
     data_dir = default_data_dir(data_dir or cfg.data.data_dir)
     if data_dir is not None:
         data_dir = data_dir.resolve()
     out = Path(cfg.output.dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_resolved(cfg, out)
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        save_resolved(cfg, out)
     unknown = set(force) - set(STAGES) - {"all"}
     if unknown:
         from zhtune.errors import UserError
@@ -113,6 +135,12 @@ def run_experiment(cfg: ExperimentConfig, *, data_dir: str | Path | None = None,
                         f"stages are {', '.join(STAGES)} or all")
     forced = set(STAGES) if "all" in force else set(force)
     check_eval_dtype(cfg.model)  # before training, not at the first evaluation after it
+    check_probes_supported(bool(cfg.train.probes.every_steps), zero_stage(cfg.train.deepspeed))
+    if should_launch(cfg.train.num_processes):  # --nproc N: this same run under torchrun
+        launch(cfg.train.num_processes, ["run", str(out / "config.resolved.yaml"), *(
+            ["--data-dir", str(data_dir)] if data_dir else []), *[a for f in force for a in ("--force", f)]])
+        return launched_result(cfg, data_dir)
+    distributed.init_process_group(cpu=pick_device(cfg.model.device).type == "cpu")
     res = ExperimentResult(out_dir=out, baseline_dir=baseline_dir(cfg, data_dir),
                            train_dir=out / "train", eval_dir=out / "eval",
                            compare_dir=out / "compare", report_dir=out / "report")
@@ -121,15 +149,29 @@ def run_experiment(cfg: ExperimentConfig, *, data_dir: str | Path | None = None,
     fp_prep, fp_train, fp_eval = fps["prepare"], fps["train"], fps["evaluate"]
     fp_cmp, fp_report = fps["compare"], fps["report"]
     prepared = out / "data"
-    tracker = start_experiment(cfg, fps)  # tracking.backend none: does nothing, imports nothing
+    # rank 0 logs; tracking.backend none does nothing and imports nothing
+    tracker = start_experiment(cfg if distributed.is_main() else cfg.model_copy(
+        update={"tracking": cfg.tracking.model_copy(update={"backend": "none"})}), fps)
+
+    timings: dict = {"seconds_by_stage": {}, "memory_at_start": memory.snapshot(), "memory_after_stage": {}}
+
+    def measured(name: str, run: Callable[[], bool]) -> None:
+        """Run a stage; then free what it left (the trained model before evaluation loads) and
+        record the time and the memory still held at the boundary."""
+        t0 = time.time()
+        res.record(name, run())
+        memory.release()
+        timings["seconds_by_stage"][name] = round(time.time() - t0, 3)
+        timings["memory_after_stage"][name] = memory.snapshot()
 
     def stage(name: str, stage_dir: Path, fp: str, work: Callable[[Path], object]) -> None:
         with tracker.stage(name, stage_dir):  # logs the stage's outputs; a failure ends the run as failed
-            res.record(name, run_stage(name, stage_dir, fp, work, name in forced))
+            measured(name, lambda: run_stage(name, stage_dir, fp, work, name in forced))
 
     with tracker.stage("baseline", res.baseline_dir):
-        res.record("baseline", evaluate_baseline(cfg, data_dir, "baseline" in forced))
-    stage("prepare", prepared, fp_prep, lambda d: prepare_dataset(cfg, d, data_dir=data_dir))
+        measured("baseline", lambda: evaluate_baseline(cfg, data_dir, "baseline" in forced))
+    stage("prepare", prepared, fp_prep,
+          main_process_only(lambda d: prepare_dataset(cfg, d, data_dir=data_dir)))
     stage("train", res.train_dir, fp_train,
           lambda d: train_lora(cfg, d, dataset_dir=prepared, data_dir=data_dir, resume=True))
     stage("evaluate", res.eval_dir, fp_eval,
@@ -138,12 +180,16 @@ def run_experiment(cfg: ExperimentConfig, *, data_dir: str | Path | None = None,
                              adapter_labels=[cfg.name], scales=cfg.eval.adapter_scales))
     tuned = tuned_eval_dir(res.eval_dir)
     stage("compare", res.compare_dir, fp_cmp,
-          lambda d: compare_runs(res.baseline_dir / "base", tuned, cfg.analysis, output_dir=d))
+          main_process_only(lambda d: compare_runs(res.baseline_dir / "base", tuned, cfg.analysis, output_dir=d)))
     stage("report", res.report_dir, fp_report,  # reads the compare stage's comparison.json
-          lambda d: build_report(comparisons=[read_json(res.compare_dir / "comparison.json")],
-                                 train_dir=res.train_dir,
-                                 scale_dir=res.eval_dir if len(cfg.eval.adapter_scales) > 1 else None,
-                                 output_dir=d, title=cfg.name, analysis=cfg.analysis))
+          main_process_only(lambda d: build_report(
+              comparisons=[read_json(res.compare_dir / "comparison.json")], train_dir=res.train_dir,
+              scale_dir=res.eval_dir if len(cfg.eval.adapter_scales) > 1 else None,
+              output_dir=d, title=cfg.name, analysis=cfg.analysis)))
+    if not distributed.is_main():
+        return res
+    timings["total_seconds"] = round(sum(timings["seconds_by_stage"].values()), 3)
+    atomic_write_json(out / "timings.json", timings)
     atomic_write_json(out / "experiment.json", {
         "name": cfg.name, "stages": {s: d for s, d in zip(
             STAGES, map(str, (res.baseline_dir, prepared, res.train_dir, res.eval_dir,
@@ -151,6 +197,17 @@ def run_experiment(cfg: ExperimentConfig, *, data_dir: str | Path | None = None,
         "ran": res.ran, "skipped": res.skipped, "zhtune_version": __version__})
     tracker.finish()
     return res
+
+
+def launched_result(cfg: ExperimentConfig, data_dir: Path | None) -> ExperimentResult:
+    """What a run in several processes did, read back from its ``experiment.json``."""
+    from zhtune.io import read_json
+
+    out = Path(cfg.output.dir)
+    info = read_json(out / "experiment.json")
+    return ExperimentResult(out_dir=out, baseline_dir=baseline_dir(cfg, data_dir), train_dir=out / "train",
+                            eval_dir=out / "eval", compare_dir=out / "compare", report_dir=out / "report",
+                            ran=info["ran"], skipped=info["skipped"])
 
 
 def tuned_eval_dir(eval_dir: Path) -> Path:

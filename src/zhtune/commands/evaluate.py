@@ -146,4 +146,7 @@ def register(app: typer.Typer) -> None:
         index = run_eval(model_cfg, eval_cfg, out, data_dir=data, adapters=list(adapter or []),
                          scales=eval_cfg.adapter_scales, include_base=not (no_base and adapter),
                          progress=not quiet_progress)
-        print_results(out, index)
+        from zhtune.distributed import is_main
+
+        if is_main():  # under a distributed launch: once
+            print_results(out, index)

@@ -36,6 +36,7 @@ def register(app: typer.Typer) -> None:
         output_dir: Optional[str] = typer.Option(None, "--output-dir", help=flag_help("output.dir")),
         force: Optional[List[str]] = typer.Option(None, "--force", help="Redo a stage even if up to date (baseline, prepare, train, evaluate, compare, report, all). Repeatable."),
         report_to: Optional[str] = typer.Option(None, "--report-to", help=flag_help("tracking.backend")),
+        nproc: Optional[int] = typer.Option(None, "--nproc", min=1, help=flag_help("train.num_processes")),
     ):
         """Baseline eval -> prepare -> LoRA training -> eval -> forgetting analysis -> report.
 
@@ -45,11 +46,18 @@ def register(app: typer.Typer) -> None:
         from zhtune.config import resolve_config
         from zhtune.experiment import run_experiment
 
+        from zhtune.distributed import is_main
+        from zhtune.launch import should_launch
+
         extra = list(overrides or []) + ([f"output.dir={output_dir}"] if output_dir else [])
         extra += [f"tracking.backend={report_to}"] if report_to else []
+        extra += [f"train.num_processes={nproc}"] if nproc else []
         cfg = resolve_config(config, overrides=extra)
+        launcher = should_launch(cfg.train.num_processes)  # its rank 0 prints the summary
         t0 = time.time()
         result = run_experiment(cfg, data_dir=data_dir, force=tuple(force or ()))
+        if launcher or not is_main():
+            return
         console.print(f"ran: {', '.join(result.ran) or '-'}; up to date: {', '.join(result.skipped) or '-'}"
                       f" ({time.time() - t0:.0f} s)")
         print_headline(result)
@@ -70,6 +78,7 @@ def register(app: typer.Typer) -> None:
         partition: Optional[str] = typer.Option(None, "--partition", help=flag_help("sweep.slurm.partition")),
         time_min: Optional[int] = typer.Option(None, "--time-min", help=flag_help("sweep.slurm.time_min")),
         report_to: Optional[str] = typer.Option(None, "--report-to", help=flag_help("tracking.backend")),
+        nproc: Optional[int] = typer.Option(None, "--nproc", min=1, help=flag_help("train.num_processes")),
     ):
         """Run a grid of LoRA settings (one shared baseline) and write results.csv/.md and a Pareto plot.
 
@@ -84,7 +93,8 @@ def register(app: typer.Typer) -> None:
         options = {"output.dir": output_dir, "sweep.launcher": launcher, "sweep.address": address,
                    "sweep.max_retries": max_retries, "sweep.gpus_per_point": gpus,
                    "sweep.cpus_per_point": cpus, "sweep.slurm.partition": partition,
-                   "sweep.slurm.time_min": time_min, "tracking.backend": report_to}
+                   "sweep.slurm.time_min": time_min, "tracking.backend": report_to,
+                   "train.num_processes": nproc}
         plain += [f"{key}={value}" for key, value in options.items() if value is not None]
         cfg = resolve_config(config, overrides=plain)
         try:

@@ -110,8 +110,12 @@ def register(app: typer.Typer) -> None:
         learning_rate: Optional[float] = typer.Option(None, "--learning-rate", "--learning_rate", help=flag_help("train.learning_rate")),
         deepspeed: Optional[str] = typer.Option(None, "--deepspeed", help=flag_help("train.deepspeed")),
         resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from the last complete checkpoint in OUT (default) or start over."),
+        nproc: Optional[int] = typer.Option(None, "--nproc", min=1, help=flag_help("train.num_processes")),
     ):
-        """Fine-tune a model with LoRA (PEFT + HF Trainer). Works under `accelerate launch` too."""
+        """Fine-tune a model with LoRA (PEFT + HF Trainer). Several GPUs: --nproc N (or under
+        `torchrun` / `accelerate launch`)."""
+        from zhtune.distributed import is_main
+        from zhtune.launch import should_launch
         from zhtune.train.lora import train_lora
 
         cfg = _config(config, overrides, {
@@ -119,12 +123,11 @@ def register(app: typer.Typer) -> None:
             "lora.alpha": lora_alpha, "lora.dropout": lora_dropout, "lora.targets": lora_targets,
             "train.epochs": epochs, "train.max_steps": max_steps, "train.batch_size": batch_size,
             "train.gradient_accumulation_steps": gradient_accumulation_steps,
-            "train.learning_rate": learning_rate, "train.deepspeed": deepspeed})
+            "train.learning_rate": learning_rate, "train.deepspeed": deepspeed, "train.num_processes": nproc})
         out = Path(output_dir) if output_dir else Path(cfg.output.dir) / "train"
+        launcher = should_launch(cfg.train.num_processes)  # its processes print the table
         metrics = train_lora(cfg, out, dataset_dir=dataset, data_dir=cfg.data.data_dir, resume=resume)
-        from accelerate import PartialState
-
-        if PartialState().is_main_process:
+        if is_main() and not launcher:
             table = Table(title=f"zhtune train -> {out / 'adapter'}")
             table.add_column("metric")
             table.add_column("value", justify="right")

@@ -35,6 +35,7 @@ import torch
 from zhtune.data.benchmarks import LETTERS, Question, is_multiple_choice
 from zhtune.data.prompts import common_prefix_len, encode_prompt
 from zhtune.data.specs import DEFAULT_STYLE
+from zhtune.eval.oom import OutOfMemory, halve_after_oom
 from zhtune.eval.progress import progress_bar
 from zhtune.eval.shared_prefix import SharedContext, attend
 from zhtune.errors import UserError
@@ -186,15 +187,8 @@ class _TokenBudget:
             part = chunk[start:start + self.rows(width(chunk[start]))]
             try:
                 forward(part)
-            except torch.OutOfMemoryError:
-                if len(part) == 1:
-                    raise
-                self.tokens = max(1, self.tokens // 2)
-                log.warning("out of memory with %d questions (%d tokens) per forward pass; "
-                            "continuing with at most %d tokens", len(part), len(part) * width(part[0]),
-                            self.tokens)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+            except OutOfMemory as err:
+                self.tokens = halve_after_oom(err, self.tokens, len(part), "tokens")
                 continue
             start += len(part)
 

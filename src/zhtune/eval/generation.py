@@ -32,6 +32,7 @@ import torch
 from zhtune.data.benchmarks import Question
 from zhtune.data.prompts import common_prefix_len, encode_prompt
 from zhtune.data.specs import DEFAULT_STYLE
+from zhtune.eval.oom import OutOfMemory, halve_after_oom
 from zhtune.eval.progress import progress_bar
 
 # Shortest shared prefix (in tokens) worth a separate forward pass.
@@ -201,6 +202,7 @@ def generate_greedy(model: Any, tokenizer: Any, prompts: list[str], *, stop_stri
     leaves the batch at once and the next prompt takes its place (continuous batching), so one long
     answer does not hold up the others. The longest token prefix shared by all prompts (the
     few-shot examples) is computed once and its KV cache reused (``share_prefix=False``: not).
+    Out of memory, the batch is halved for the rest of the call (``zhtune.eval.oom``).
     """
     if not prompts:
         return []
@@ -222,49 +224,61 @@ def generate_greedy(model: Any, tokenizer: Any, prompts: list[str], *, stop_stri
 
     pending = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))[::-1]  # pop() = longest
     results: list[str] = [""] * len(prompts)
+    finished: set[int] = set()
     running: _Running | None = None
     refill = True
     try:
         with progress_bar(len(prompts), "generating", progress) as advance, torch.inference_mode():
             prefix_cache = _prefix_cache(model, encoded[0][:prefix_len], device) if prefix_len else None
             while pending or running is not None:
-                free = batch_size - (len(running.index) if running else 0)
-                if pending and free > 0 and (running is None or refill):
-                    take = [pending.pop() for _ in range(min(free, len(pending)))]
-                    new = _start(model, [encoded[i][prefix_len:] for i in take], take, prefix_len,
-                                 prefix_cache, pad_id)
-                    refill = refill and _editable(new.cache)
-                    if running is None:
-                        running = new
-                    else:
-                        running.absorb(new, prefix_len)
-                tokens = running.logits.argmax(-1).tolist()
-                keep = []
-                for row, token in enumerate(tokens):
-                    generated = running.generated[row]
-                    done = token in eos_ids
-                    if not done:
-                        generated.append(token)
-                    raw = tokenizer.decode(generated, skip_special_tokens=False)
-                    if done or len(generated) >= max_new_tokens or any(s in raw for s in stops):
-                        text = tokenizer.decode(generated, skip_special_tokens=True)
-                        results[running.index[row]] = cut_at_stop(text, stops)
-                        advance(1)
-                    else:
-                        keep.append(row)
-                if not keep:
+                take: list[int] = []
+                try:
+                    free = batch_size - (len(running.index) if running else 0)
+                    if pending and free > 0 and (running is None or refill):
+                        take = [pending.pop() for _ in range(min(free, len(pending)))]
+                        new = _start(model, [encoded[i][prefix_len:] for i in take], take, prefix_len,
+                                     prefix_cache, pad_id)
+                        refill = refill and _editable(new.cache)
+                        if running is None:
+                            running = new
+                        else:
+                            running.absorb(new, prefix_len)
+                    tokens = running.logits.argmax(-1).tolist()
+                    keep = []
+                    for row, token in enumerate(tokens):
+                        generated = running.generated[row]
+                        done = token in eos_ids
+                        if not done:
+                            generated.append(token)
+                        raw = tokenizer.decode(generated, skip_special_tokens=False)
+                        if done or len(generated) >= max_new_tokens or any(s in raw for s in stops):
+                            text = tokenizer.decode(generated, skip_special_tokens=True)
+                            results[running.index[row]] = cut_at_stop(text, stops)
+                            finished.add(running.index[row])
+                            advance(1)
+                        else:
+                            keep.append(row)
+                    if not keep:
+                        running = None
+                        continue
+                    if len(keep) < len(tokens):  # finished sequences leave the batch and the cache
+                        running.keep_rows(keep)
+                        if refill:
+                            running.drop_dead_columns(prefix_len)
+                    step_ids = torch.tensor([[tokens[row]] for row in keep], device=device)
+                    running.mask = torch.cat([running.mask, running.mask.new_ones(len(keep), 1)], dim=1)
+                    out = model(input_ids=step_ids, attention_mask=running.mask,
+                                position_ids=running.next_pos, cache=running.cache, use_cache=True)
+                    running.logits = out.logits[:, -1, :]
+                    running.next_pos = running.next_pos + 1
+                except OutOfMemory as err:
+                    # The sequences in flight start again (greedy: the same text) in smaller
+                    # batches, and the smaller batch is kept (eval.oom: the scorer's rule).
+                    in_flight = set(running.index if running is not None else []) | set(take)
+                    back = sorted(in_flight - finished)
                     running = None
-                    continue
-                if len(keep) < len(tokens):  # finished sequences leave the batch and the cache
-                    running.keep_rows(keep)
-                    if refill:
-                        running.drop_dead_columns(prefix_len)
-                step_ids = torch.tensor([[tokens[row]] for row in keep], device=device)
-                running.mask = torch.cat([running.mask, running.mask.new_ones(len(keep), 1)], dim=1)
-                out = model(input_ids=step_ids, attention_mask=running.mask,
-                            position_ids=running.next_pos, cache=running.cache, use_cache=True)
-                running.logits = out.logits[:, -1, :]
-                running.next_pos = running.next_pos + 1
+                    batch_size = halve_after_oom(err, batch_size, len(back), "sequences")
+                    pending = sorted(pending + back, key=lambda i: len(encoded[i]))
     finally:
         model.train(was_training)
     return results

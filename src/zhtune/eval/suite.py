@@ -289,6 +289,7 @@ def evaluate_model(model, tokenizer, family, eval_cfg: EvalConfig, data_dir=None
                    label: str = "base", meta: dict | None = None, progress: bool = True) -> EvalResult:
     """Every selected benchmark (+ perplexity probes) on one model as it is now."""
     from zhtune.eval.choice import score_choice, score_cloze
+    from zhtune.eval.distributed import gather_count, gather_rows, share
 
     data_dir = default_data_dir(data_dir)
     questions = load_questions(eval_cfg, data_dir)
@@ -306,33 +307,34 @@ def evaluate_model(model, tokenizer, family, eval_cfg: EvalConfig, data_dir=None
             continue
         log.info("[%s] %s: %d questions", label, b, len(qs))
         runs = ["generate"] if not is_multiple_choice(b) else _formulations(eval_cfg)
+        mine = share(qs)  # this process's questions under a distributed launch (eval.distributed)
         for formulation in runs:
             t0 = time.perf_counter()
             name = b + CLOZE_SUFFIX if formulation == "cloze" else b
             if formulation == "generate":
                 from zhtune.eval.generation import evaluate_generation
 
-                preds = evaluate_generation(model, tokenizer, family, qs, shots=eval_cfg.generation_shots,
+                preds = evaluate_generation(model, tokenizer, family, mine, shots=eval_cfg.generation_shots,
                                        cot=eval_cfg.generation_cot, data_dir=data_dir,
                                        batch_size=eval_cfg.batch_size,
                                        max_new_tokens=eval_cfg.max_new_tokens, chat=eval_cfg.chat,
                                        style=style, progress=progress)
                 seconds = time.perf_counter() - t0
-                b_rows = _generation_rows(preds)
+                b_rows = gather_rows(_generation_rows(preds))
                 flexible = accuracy_stats([r["correct"] for r in b_rows])
                 strict = accuracy_stats([r["correct_strict"] for r in b_rows])
                 entry = {**flexible, "metric": "accuracy_flexible", "accuracy_strict": strict["accuracy"],
                          "accuracy_flexible": flexible["accuracy"], "stderr_strict": strict["stderr"]}
             else:
                 score = score_cloze if formulation == "cloze" else score_choice
-                preds = score(model, tokenizer, qs, shots=eval_cfg.shots, data_dir=data_dir,
+                preds = score(model, tokenizer, mine, shots=eval_cfg.shots, data_dir=data_dir,
                               batch_tokens=eval_cfg.batch_tokens, chat=eval_cfg.chat, family=family,
                               progress=progress, style=style)
                 seconds = time.perf_counter() - t0
                 cloze = formulation == "cloze"
-                b_rows = _cloze_rows(preds, style) if cloze else _choice_rows(preds, style)
+                b_rows = gather_rows(_cloze_rows(preds, style) if cloze else _choice_rows(preds, style))
                 entry = _benchmark_entry(b, b_rows, style, cloze)
-                entry["cache_fallbacks"] = sum(not p.used_cache for p in preds)
+                entry["cache_fallbacks"] = gather_count(sum(not p.used_cache for p in preds))
             entry["formulation"] = formulation
             entry["seconds"] = round(seconds, 3)
             entry["questions_per_second"] = round(len(qs) / seconds, 3) if seconds else None
@@ -388,6 +390,12 @@ def _save_settings(model_cfg: ModelConfig, eval_cfg: EvalConfig, data_dir, out: 
                    "eval": eval_cfg.model_dump(mode="json")}, out)
 
 
+def _eval_device(model_cfg: ModelConfig):
+    from zhtune.models.loading import pick_device
+
+    return pick_device(model_cfg.device)
+
+
 def check_eval_dtype(model_cfg: ModelConfig) -> None:
     """On the CPU, evaluation runs in fp32 only: a lower precision is offered where its predictions
     agree with fp32 on >= 99.5% of real questions, and on this project's CPU measurement neither bf16
@@ -414,7 +422,11 @@ def run_eval(model_cfg: ModelConfig, eval_cfg: EvalConfig, out_dir, *, data_dir=
 
     Labels: ``base``, ``<adapter>`` (scale 1) and ``<adapter>@scale-<s>``; an adapter's name is
     its ``adapter_labels`` entry, else its training folder's name. ``OUT/index.json``
-    lists them (written last, with each label as it completes)."""
+    lists them (written last, with each label as it completes).
+
+    Under a distributed launch every process scores its share of the questions
+    (``eval.distributed``) and only rank 0 writes (and returns the index)."""
+    from zhtune import distributed
     from zhtune.artifacts import resolve_adapter_dir
     from zhtune.eval.adapters import adapter_names, attach_adapters, scale_label, use_adapter
     from zhtune.models.loading import load_model
@@ -425,9 +437,12 @@ def run_eval(model_cfg: ModelConfig, eval_cfg: EvalConfig, out_dir, *, data_dir=
     for a in adapters:  # before minutes of base evaluation, not after
         resolve_adapter_dir(a)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     data_dir = default_data_dir(data_dir)
-    _save_settings(model_cfg, eval_cfg.model_copy(update={"adapter_scales": list(scales)}), data_dir, out)
+    writes = distributed.is_main()
+    if writes:
+        out.mkdir(parents=True, exist_ok=True)
+        _save_settings(model_cfg, eval_cfg.model_copy(update={"adapter_scales": list(scales)}), data_dir, out)
+    distributed.init_process_group(cpu=_eval_device(model_cfg).type == "cpu")
     load_questions(eval_cfg, data_dir)  # a bad row is reported now, not after minutes of model loading
     loaded = load_model(model_cfg)
     model, tokenizer, family = loaded.model, loaded.tokenizer, loaded.family
@@ -438,6 +453,8 @@ def run_eval(model_cfg: ModelConfig, eval_cfg: EvalConfig, out_dir, *, data_dir=
     index: dict = {}
 
     def record(label: str, result: EvalResult, adapter: str | None, scale: float | None):
+        if not writes:
+            return
         write_eval_output(result, out / label)
         runs.append({"label": label, "dir": label, "adapter": adapter, "adapter_scale": scale,
                      "settings_fingerprint": result.summary["settings_fingerprint"]})
@@ -458,4 +475,5 @@ def run_eval(model_cfg: ModelConfig, eval_cfg: EvalConfig, out_dir, *, data_dir=
                     result = evaluate_model(peft_model, tokenizer, family, eval_cfg, data_dir,
                                             label=label, meta=meta, progress=progress)
                 record(label, result, str(dirs[name]), float(scale))
+    distributed.barrier()  # the files are written before any process moves on
     return index

@@ -24,20 +24,20 @@ class LoadedModel:
 
 
 def pick_device(requested: str = "auto") -> torch.device:
-    if requested != "auto":
-        return torch.device(requested)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
+    """The one device this process uses (``zhtune.devices.pick_device``)."""
+    from zhtune.devices import pick_device as _pick
+
+    return _pick(requested)
 
 
 def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
-    """bf16 on GPUs that have it, fp16 on older GPUs, fp32 on the CPU (bf16 matmuls are slow there)."""
+    """``model.dtype``; auto: bf16 on GPUs with native bf16, fp16 on older GPUs, fp32 on the CPU
+    (``zhtune.devices.auto_precision`` decides)."""
+    from zhtune.devices import auto_dtype
+
     if requested != "auto":
         return getattr(torch, requested)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+    return auto_dtype(device)
 
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False):

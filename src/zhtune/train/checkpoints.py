@@ -7,7 +7,9 @@ refused rather than silently mixed in (``checkpoints/zhtune_run.json`` holds the
 """
 from __future__ import annotations
 
+import errno
 import json
+import os
 import logging
 import shutil
 from pathlib import Path
@@ -19,6 +21,8 @@ from zhtune.errors import UserError
 log = logging.getLogger(__name__)
 
 RUN_FILE = "zhtune_run.json"
+# flock's errors on file systems that do not implement it (ENOTSUP is EOPNOTSUPP on Linux)
+_NO_FLOCK = {errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOLCK}
 _CKPT_PREFIX = "checkpoint-"
 
 
@@ -71,7 +75,9 @@ def lock_output(out: Path):
     """An exclusive lock on OUT: two runs writing one folder would interleave logs and checkpoints.
 
     ``flock`` is released by the kernel when the process dies, so a killed run never leaves a
-    stale lock behind. Returns the open lock file (close it to release); None where unsupported.
+    stale lock behind. Returns the open lock file (close it to release); None on Windows. Where the
+    file system does not support flock (ENOSYS, EOPNOTSUPP: Lustre or BeeGFS without the option),
+    training goes on with a warning instead of a lock.
     """
     try:
         import fcntl
@@ -84,4 +90,11 @@ def lock_output(out: Path):
         f.close()
         raise UserError(f"{out} is being written by another `zhtune train` process; wait for it "
                         f"to finish or use another --output-dir") from None
+    except OSError as err:
+        if err.errno not in _NO_FLOCK:
+            f.close()
+            raise
+        # Lustre / BeeGFS mounted without flock support, some NFS setups: train unguarded.
+        log.warning("%s: this file system does not support locks (%s); not guarding against a "
+                    "second `zhtune train` writing the same folder", out, os.strerror(err.errno))
     return f

@@ -29,6 +29,7 @@ from transformers import Trainer, TrainerCallback, set_seed
 from zhtune import __version__
 from zhtune.artifacts import ADAPTER_META, utc_timestamp
 from zhtune.config import ExperimentConfig, ModelConfig, config_to_dict, save_resolved
+from zhtune.devices import multi_gpu_hint
 from zhtune.errors import UserError
 from zhtune.io import atomic_write_json, default_data_dir, read_json
 from zhtune.train.checkpoints import RUN_FILE, checkpoint_step, latest_checkpoint, lock_output, run_fingerprint
@@ -85,6 +86,10 @@ def train_lora(cfg: ExperimentConfig, out_dir: str | Path, *, dataset_dir: str |
     Returns the run's metrics: train_runtime, train_loss, eval_loss, trainable_params,
     total_params, train_tokens, tokens_per_second, loss_first, loss_last, steps, resumed_from.
     """
+    from zhtune.launch import should_launch
+
+    if should_launch(cfg.train.num_processes):  # --nproc N: torchrun, this same training
+        return train_in_processes(cfg, Path(out_dir), dataset_dir, data_dir, resume)
     run = setup_run(cfg, out_dir, data_dir)
     try:
         data = setup_data(run, dataset_dir)  # before any weights: bad data fails fast
@@ -103,10 +108,28 @@ def train_lora(cfg: ExperimentConfig, out_dir: str | Path, *, dataset_dir: str |
             run.lock.close()
 
 
+def train_in_processes(cfg: ExperimentConfig, out: Path, dataset_dir, data_dir, resume: bool) -> dict:
+    """``train.num_processes`` > 1: `zhtune train` with this config under torchrun; its metrics."""
+    from zhtune.launch import launch
+
+    out.mkdir(parents=True, exist_ok=True)
+    config = save_resolved(cfg, out)
+    args = ["train", "--config", str(config), "--output-dir", str(out)]
+    args += ["--dataset", str(dataset_dir)] if dataset_dir else []
+    args += ["--data-dir", str(data_dir)] if data_dir else []
+    args += [] if resume else ["--no-resume"]
+    launch(cfg.train.num_processes, args)
+    return read_json(out / "adapter" / ADAPTER_META)["metrics"]
+
+
 def setup_run(cfg: ExperimentConfig, out_dir: str | Path, data_dir: str | Path | None) -> TrainingRun:
     """Device, precision, tokenizer and family (no weights yet), training arguments, the lock on OUT."""
     from zhtune.models.loading import load_tokenizer_and_family
 
+    from zhtune.train.probes import check_probes_supported
+    from zhtune.train.trainer import zero_stage
+
+    check_probes_supported(bool(cfg.train.probes.every_steps), zero_stage(cfg.train.deepspeed))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device, _ = _device_and_dtype(cfg.model)
@@ -117,6 +140,9 @@ def setup_run(cfg: ExperimentConfig, out_dir: str | Path, data_dir: str | Path |
     # unless a prepared dataset says otherwise (setup_data rebuilds the arguments then).
     args = build_training_args(cfg, out, settings["learning_rate"], cfg.data.val_size > 0, precision, device)
     is_main = args.process_index == 0
+    hint = multi_gpu_hint(device)
+    if hint and is_main:
+        log.warning(hint)
     return TrainingRun(cfg=cfg, out=out, data_dir=default_data_dir(data_dir or cfg.data.data_dir), device=device,
                        precision=precision, tokenizer=tokenizer, family=family, settings=settings, args=args,
                        is_main=is_main, lock=lock_output(out) if is_main else None)
@@ -235,6 +261,8 @@ def train(trainer: ZhtuneTrainer, last: Path | None) -> tuple[Any, dict]:
     # Read now: the checkpoint may be rotated away (save_total_limit) before training ends.
     tokens_before = read_json(last / "trainer_state.json").get("num_input_tokens_seen", 0) if last else 0
     result = trainer.train(resume_from_checkpoint=str(last) if last else None)
+    log.info("process %d of %d: training ended at step %d", trainer.args.process_index,
+             trainer.args.world_size, trainer.state.global_step)
     resume_step = checkpoint_step(last) if last else 0
     eval_seconds = sum(e.get("eval_runtime", 0.0) for e in trainer.state.log_history
                        if "eval_runtime" in e and e.get("step", 0) > resume_step)

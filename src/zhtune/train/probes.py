@@ -24,8 +24,10 @@ Definitions (all logged, and appended to ``probes.jsonl``):
 ``min_english_retention``: training stops (``control.should_training_stop``) at the first probe whose
 ``english_retention`` falls below it; the reason is logged and written to ``probes.jsonl``.
 
-Only the main process evaluates and writes. With DeepSpeed ZeRO-3 the main process alone cannot run
-the model (its weights are sharded), so probes are not supported there.
+Only the main process evaluates and writes; under a distributed launch it broadcasts its stop
+decision at every probe step, so that all processes stop at the same step. With DeepSpeed ZeRO-3
+the main process alone cannot run the model (its weights are sharded): probes are refused at the
+start there (``check_probes_supported``).
 """
 from __future__ import annotations
 
@@ -195,10 +197,19 @@ class ForgettingProbeCallback(TrainerCallback):
             self._probe(model, state, control, baseline=True)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if not state.is_world_process_zero:
+        if state.global_step % self.every_steps != 0:
             return
-        if state.global_step % self.every_steps == 0 and state.global_step != self.last_step:
+        # Every process gets here at the same steps: rank 0 probes and decides whether to stop,
+        # and all of them follow that decision (a process that stopped alone would leave the
+        # others waiting in the next step's gradient all-reduce).
+        stop = False
+        if state.is_world_process_zero and state.global_step != self.last_step:
             self._probe(model, state, control, baseline=False)
+            stop = bool(control.should_training_stop)
+        from zhtune.distributed import broadcast_from_main
+
+        if broadcast_from_main(stop):
+            control.should_training_stop = True
 
     # ------------------------------------------------------------------ work
 
@@ -240,7 +251,12 @@ class ForgettingProbeCallback(TrainerCallback):
 
         self._append(row)
         self.last_step = state.global_step
+        # trainer.log clears should_log; the Trainer's own loss log of this step must still run
+        # (and under DDP it gathers the loss from every process: skipped here alone, it would
+        # leave the other processes waiting).
+        should_log = control.should_log
         self._log(state, {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        control.should_log = should_log
         return row
 
     def _log(self, state, metrics: dict) -> None:
@@ -290,3 +306,14 @@ class ForgettingProbeCallback(TrainerCallback):
         scores = [r["probe/trade_off"] for r in earlier if r.get("saved_best")]
         self.best_score = max(scores, default=base.get("probe/trade_off"))
         self.last_step = max((r["step"] for r in earlier), default=None)
+
+
+def check_probes_supported(probes_on: bool, zero_stage: int | None) -> None:
+    """Probes run the model on the main process alone; under ZeRO-3 its weights are sharded across
+    processes, so that forward pass would wait forever for the others. Refused before any work."""
+    if probes_on and zero_stage == 3:
+        from zhtune.errors import UserError
+
+        raise UserError("train.probes is not supported with DeepSpeed ZeRO-3 (the main process "
+                        "cannot run the sharded model alone); use train.deepspeed=zero2, or turn "
+                        "the probes off with train.probes.every_steps=null")

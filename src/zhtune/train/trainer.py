@@ -10,6 +10,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from zhtune.config import ExperimentConfig
+from zhtune.devices import auto_precision, cpu_supports_bf16  # noqa: F401 (cpu_supports_bf16: its old home)
 from zhtune.errors import UserError
 from zhtune.io import atomic_write_jsonl
 
@@ -151,41 +152,24 @@ def autocast_dtype(precision: str) -> torch.dtype:
     return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
-def cpu_supports_bf16(cpuinfo: str | None = None) -> bool:
-    """True if the CPU multiplies bf16 natively (avx512_bf16 or AMX): then bf16 autocast pays off."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return False  # not Linux: no way to tell, so the safe choice
-    flags = set()
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[-1].split())
-            break
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
 def resolve_precision(requested: str, device: torch.device) -> str:
-    """``train.precision`` -> fp32 | bf16 | fp16 for this device (see TrainConfig.precision)."""
+    """``train.precision`` -> fp32 | bf16 | fp16 for this device (see TrainConfig.precision);
+    auto is decided by ``zhtune.devices.auto_precision``."""
     if requested == "fp16" and device.type != "cuda":
         raise UserError(f"train.precision=fp16 needs a CUDA GPU; use bf16 or fp32 on {device.type}")
     if requested != "auto":
         return requested
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "cpu" and cpu_supports_bf16():
-        return "bf16"
-    return "fp32"
+    return auto_precision(device, training=True)
 
 
 def build_training_args(cfg: ExperimentConfig, out: Path, learning_rate: float, has_eval: bool,
                         precision: str, device: torch.device):
-    from transformers import TrainingArguments
+    from zhtune.train.device_args import OneDeviceTrainingArguments
 
     t = cfg.train
     report_to = [r for r in t.report_to if r not in ("tensorboard", "none")]
-    return TrainingArguments(
+    return OneDeviceTrainingArguments(
+        zhtune_device=str(device),  # one process, one device: no nn.DataParallel (device_args)
         output_dir=str(out / "checkpoints"),
         num_train_epochs=t.epochs,
         max_steps=t.max_steps,
@@ -222,16 +206,36 @@ def build_training_args(cfg: ExperimentConfig, out: Path, learning_rate: float, 
     )
 
 
-def deepspeed_config(spec: str | None) -> str | None:
+def deepspeed_path(spec: str) -> Path:
     """``train.deepspeed``: a JSON path, or the name of a shipped one (``zero2``, ``zero3``)."""
-    if not spec:
-        return None
     path = Path(spec).expanduser()
     shipped = Path(__file__).resolve().parents[1] / "configs" / "deepspeed" / f"{spec}.json"
     if not path.exists() and shipped.exists():
         path = shipped
     if not path.exists():
         raise UserError(f"train.deepspeed: {spec} does not exist (shipped: zero2, zero3)")
+    return path
+
+
+def zero_stage(spec: str | None) -> int | None:
+    """The ZeRO stage of ``train.deepspeed`` (None: no DeepSpeed, or no stage given)."""
+    if not spec:
+        return None
+    import json
+
+    path = deepspeed_path(spec)
+    try:
+        stage = json.loads(path.read_text(encoding="utf-8")).get("zero_optimization", {}).get("stage")
+    except ValueError as err:
+        raise UserError(f"train.deepspeed: {path} is not valid JSON ({err})") from None
+    return stage if isinstance(stage, int) else None
+
+
+def deepspeed_config(spec: str | None) -> str | None:
+    """``train.deepspeed`` as the path the Trainer reads (DeepSpeed must be installed)."""
+    if not spec:
+        return None
+    path = deepspeed_path(spec)
     try:
         import deepspeed  # noqa: F401
     except ImportError:
