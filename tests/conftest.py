@@ -10,10 +10,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def data_dir() -> Path:
-    """ZHTUNE_DATA_DIR, else ../shared/data beside the checkout."""
+    """ZHTUNE_DATA_DIR, else ../shared/data beside the checkout; absolute, because tests run
+    commands from other folders (a relative ZHTUNE_DATA_DIR names a folder from where pytest started)."""
     env = os.environ.get("ZHTUNE_DATA_DIR")
-    path = Path(env) if env else REPO.parent / "shared" / "data"
-    return path
+    path = Path(env).expanduser() if env else REPO.parent / "shared" / "data"
+    return path.absolute()
 
 
 @pytest.fixture(scope="session")

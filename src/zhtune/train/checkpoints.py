@@ -85,3 +85,20 @@ def lock_output(out: Path):
         raise UserError(f"{out} is being written by another `zhtune train` process; wait for it "
                         f"to finish or use another --output-dir") from None
     return f
+
+
+def stop_on_signal_callback():
+    """A TrainerCallback that, once SIGTERM / SIGINT was received (``zhtune.stopping.deferred``),
+    saves a checkpoint at the current step and stops training; ``train`` then raises Stopped."""
+    from transformers import TrainerCallback
+
+    from zhtune.stopping import pending
+
+    class StopOnSignal(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if pending() is not None:
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+
+    return StopOnSignal()
