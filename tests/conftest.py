@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+if os.environ.get("ZHTUNE_DATA_DIR"):  # as the CLI does at start: tests chdir and start subprocesses
+    os.environ["ZHTUNE_DATA_DIR"] = str(Path(os.environ["ZHTUNE_DATA_DIR"]).expanduser().absolute())
 
 
 def data_dir() -> Path:

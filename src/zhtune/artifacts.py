@@ -140,6 +140,12 @@ def resolve_adapter_dir(path: str | Path) -> Path:
             if not (candidate / "adapter_model.safetensors").is_file():
                 raise UserError(f"{candidate}: no adapter_model.safetensors (only safetensors "
                                 f"adapter weights are loaded)")
+            from zhtune.failures import safetensors_problem
+
+            problem = safetensors_problem(candidate / "adapter_model.safetensors")
+            if problem:
+                raise UserError(f"{candidate / 'adapter_model.safetensors'}: {problem}; train it again "
+                                f"(delete {candidate}; in `zhtune run`: --force train)")
             return candidate
     if not p.exists():
         raise UserError(f"{path}: no such adapter folder")

@@ -2,7 +2,8 @@
 
 Resume: running the same command again continues from the newest *complete* checkpoint. The HF
 Trainer writes ``trainer_state.json`` last, so a checkpoint folder without a valid one was being
-written when the process died; such folders are removed. Checkpoints made with other settings are
+written when the process died; such folders are removed, as are checkpoints whose safetensors
+weights are truncated (zhtune.failures.safetensors_problem). Checkpoints made with other settings are
 refused rather than silently mixed in (``checkpoints/zhtune_run.json`` holds the fingerprint).
 """
 from __future__ import annotations
@@ -28,8 +29,12 @@ def checkpoint_is_complete(path: Path) -> bool:
         json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    has_weights = any((path / n).exists() for n in (
-        "adapter_model.safetensors", "model.safetensors", "adapter_model.bin"))
+    from zhtune.failures import safetensors_problem
+
+    weights = [path / n for n in ("adapter_model.safetensors", "model.safetensors", "adapter_model.bin")]
+    has_weights = any(w.exists() for w in weights)
+    if any(w.suffix == ".safetensors" and w.exists() and safetensors_problem(w) for w in weights):
+        return False  # truncated weights (a full disk, a damaged copy): not a checkpoint to resume
     has_optimizer = (path / "optimizer.pt").exists() or any(path.glob("global_step*"))
     return has_weights and has_optimizer
 
