@@ -61,7 +61,7 @@ _register_all()
 def _error(message: str, code: int = 2):
     from rich.markup import escape  # messages hold [brackets]: extras, lists, regexes
 
-    console.print(f"[bold red]error:[/] {escape(message)}")
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)  # one line, unwrapped
     sys.exit(code)
 
 
@@ -78,7 +78,7 @@ def main():
     except UserError as err:
         _error(str(err))
     except Stopped as stop:
-        console.print(f"[bold yellow]zhtune:[/] {stop}")
+        console.print(f"[bold yellow]zhtune:[/] {stop}", soft_wrap=True)
         sys.exit(128 + stop.signum)
     except Exception as err:  # an environmental failure is one line; anything else a traceback
         message = environment_message(err)

@@ -18,8 +18,10 @@ _pending: int | None = None
 _deferred = 0
 
 
-class Stopped(KeyboardInterrupt):
-    """Stopped by a signal; what was finished is saved and the same command resumes."""
+class Stopped(BaseException):
+    """Stopped by a signal; what was finished is saved and the same command resumes. Not an
+    Exception (nothing catches it by accident) nor a KeyboardInterrupt (click would turn that into
+    its own "Aborted!")."""
 
     def __init__(self, signum: int, saved: str = "finished work is saved"):
         self.signum = signum
