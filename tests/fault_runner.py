@@ -28,7 +28,9 @@ def _strike(kind: str, path: str) -> None:
         raise SystemExit(f"fault_runner: unknown fault {kind!r}")
 
 
-def install(spec: str) -> None:
+def install(spec: str, setattr=setattr) -> None:
+    """Install the fault ``spec``; ``setattr`` may be pytest's ``monkeypatch.setattr`` (undone after
+    the test) when the fault is injected into the test's own process."""
     kind, _, rest = spec.partition("@")
     where, _, nth = rest.partition("#")
     nth = int(nth or 1)
@@ -50,7 +52,7 @@ def install(spec: str) -> None:
             _strike(kind, str(path))
         return write(path, data)
 
-    zio.atomic_write_bytes = faulty_write  # before any zhtune module binds the name
+    setattr(zio, "atomic_write_bytes", faulty_write)  # before any zhtune module binds the name
     if where != "checkpoint":
         return
     from pathlib import Path
@@ -72,7 +74,7 @@ def install(spec: str) -> None:
         save(self, model, trial)
         _strike(kind, str(folder))
 
-    Trainer._save_checkpoint = faulty_save
+    setattr(Trainer, "_save_checkpoint", faulty_save)
 
 
 if __name__ == "__main__":
