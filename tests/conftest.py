@@ -7,13 +7,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+if os.environ.get("ZHTUNE_DATA_DIR"):  # as the CLI does at start: tests chdir and start subprocesses
+    os.environ["ZHTUNE_DATA_DIR"] = str(Path(os.environ["ZHTUNE_DATA_DIR"]).expanduser().absolute())
 
 
 def data_dir() -> Path:
-    """ZHTUNE_DATA_DIR, else ../shared/data beside the checkout."""
+    """ZHTUNE_DATA_DIR, else ../shared/data beside the checkout; absolute, because tests run
+    commands from other folders (a relative ZHTUNE_DATA_DIR names a folder from where pytest started)."""
     env = os.environ.get("ZHTUNE_DATA_DIR")
-    path = Path(env) if env else REPO.parent / "shared" / "data"
-    return path
+    path = Path(env).expanduser() if env else REPO.parent / "shared" / "data"
+    return path.absolute()
 
 
 @pytest.fixture(scope="session")

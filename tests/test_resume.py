@@ -53,16 +53,24 @@ def test_checkpoint_completeness(tmp_path):
     good, torn, empty = ckpts / "checkpoint-10", ckpts / "checkpoint-15", ckpts / "checkpoint-20"
     for d in (good, torn, empty):
         d.mkdir(parents=True)
+    from safetensors.torch import save_file
+
     for d in (good, torn):
-        (d / "adapter_model.safetensors").write_bytes(b"x")
+        save_file({"w": torch.zeros(4)}, str(d / "adapter_model.safetensors"))
         (d / "optimizer.pt").write_bytes(b"x")
+    cut = ckpts / "checkpoint-12"  # trainer_state.json whole, the weights cut short (a full disk)
+    cut.mkdir()
+    (cut / "adapter_model.safetensors").write_bytes((good / "adapter_model.safetensors").read_bytes()[:-4])
+    (cut / "optimizer.pt").write_bytes(b"x")
+    (cut / "trainer_state.json").write_text('{"global_step": 12}')
+    assert not checkpoint_is_complete(cut)
     (good / "trainer_state.json").write_text('{"global_step": 10}')
     (torn / "trainer_state.json").write_text('{"global_st')  # killed mid-write
     assert checkpoint_is_complete(good) and not checkpoint_is_complete(torn)
     assert not checkpoint_is_complete(empty)
     assert latest_checkpoint(ckpts) == good and torn.exists()
     assert latest_checkpoint(ckpts, remove_incomplete=True) == good
-    assert not torn.exists() and not empty.exists() and good.exists()
+    assert not torn.exists() and not empty.exists() and not cut.exists() and good.exists()
     assert latest_checkpoint(tmp_path / "missing") is None
 
 

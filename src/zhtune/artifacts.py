@@ -140,6 +140,12 @@ def resolve_adapter_dir(path: str | Path) -> Path:
             if not (candidate / "adapter_model.safetensors").is_file():
                 raise UserError(f"{candidate}: no adapter_model.safetensors (only safetensors "
                                 f"adapter weights are loaded)")
+            from zhtune.failures import safetensors_problem
+
+            problem = safetensors_problem(candidate / "adapter_model.safetensors")
+            if problem:
+                raise UserError(f"{candidate / 'adapter_model.safetensors'}: {problem}; train it again "
+                                f"(delete {candidate}; in `zhtune run`: --force train)")
             return candidate
     if not p.exists():
         raise UserError(f"{path}: no such adapter folder")
@@ -155,3 +161,66 @@ def read_adapter_meta(path: str | Path) -> dict:
         if (candidate / ADAPTER_META).is_file():
             return read_json(candidate / ADAPTER_META)
     return {}
+
+
+# ----------------------------------------------------------------------------- committed chunks
+# The skip rule one level down, for work that resumes inside a stage (an evaluation): the work is
+# cut into named chunks (a subject, N questions of a generation benchmark), each committed as one
+# file written atomically under FOLDER/chunks/ once it is finished. FOLDER/chunks/stage-started.json
+# holds the fingerprint of the settings the chunks were made with: a rerun with the same fingerprint
+# reads the committed chunks back and computes only the missing ones; one with another fingerprint
+# is refused (never mixed). A chunk file that does not parse was damaged after it was committed; it
+# is dropped and computed again. The folder is removed once the finished result is written.
+CHUNKS_DIR = "chunks"
+
+
+def open_chunks(folder: str | Path, fp: str, what: str) -> Path:
+    """``FOLDER/chunks`` ready for work with fingerprint ``fp``: the committed chunks are kept when
+    they were made with ``fp``; a folder of another fingerprint is a UserError naming the fix."""
+    from zhtune.errors import UserError
+
+    chunks = Path(folder) / CHUNKS_DIR
+    started = chunks / STAGE_STARTED
+    if chunks.exists():
+        try:
+            other = read_json(started).get("fingerprint")
+        except (OSError, ValueError, AttributeError):
+            other = None  # no readable marker: nothing was committed under it (it is written first)
+        if other is None:
+            shutil.rmtree(chunks)
+        elif other != fp:
+            raise UserError(f"{chunks}: a partial {what} made with other settings or another model "
+                            f"(fingerprint {other}, now {fp}); delete {chunks} to start it over, or "
+                            f"write to another output folder")
+    if not started.exists():
+        atomic_write_json(started, {"what": what, "fingerprint": fp})
+    return chunks
+
+
+def _chunk_path(chunks: Path, name: str) -> Path:
+    return chunks / (name.replace("/", "__") + ".json")
+
+
+def read_chunk(chunks: Path, name: str) -> Any | None:
+    """A committed chunk's payload, or None (not committed yet, or damaged: then it is removed)."""
+    import logging
+
+    path = _chunk_path(chunks, name)
+    if not path.is_file():
+        return None
+    try:
+        return read_json(path)["payload"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        logging.getLogger(__name__).warning("%s: damaged (%s); computing this chunk again", path, err)
+        path.unlink(missing_ok=True)
+        return None
+
+
+def commit_chunk(chunks: Path, name: str, payload: Any) -> None:
+    """Commit a finished chunk (atomically: a chunk file is either whole or absent)."""
+    atomic_write_json(_chunk_path(chunks, name), {"chunk": name, "payload": payload})
+
+
+def close_chunks(folder: str | Path) -> None:
+    """Remove ``FOLDER/chunks`` once the finished result that holds them is written."""
+    shutil.rmtree(Path(folder) / CHUNKS_DIR, ignore_errors=True)

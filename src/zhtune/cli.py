@@ -58,16 +58,33 @@ def _register_all():
 _register_all()
 
 
+def _error(message: str, code: int = 2):
+    from rich.markup import escape  # messages hold [brackets]: extras, lists, regexes
+
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)  # one line, unwrapped
+    sys.exit(code)
+
+
 def main():
     from zhtune.errors import UserError
+    from zhtune.failures import environment_message
+    from zhtune.io import resolve_start_paths
+    from zhtune.stopping import Stopped, install_handlers
 
+    resolve_start_paths()  # relative ZHTUNE_DATA_DIR / ZHTUNE_HOME: as named at start
+    install_handlers()  # SIGTERM / SIGINT: stop cleanly, keeping what is finished
     try:
         app()
     except UserError as err:
-        from rich.markup import escape  # messages hold [brackets]: extras, lists, regexes
-
-        console.print(f"[bold red]error:[/] {escape(str(err))}")
-        sys.exit(2)
+        _error(str(err))
+    except Stopped as stop:
+        console.print(f"[bold yellow]zhtune:[/] {stop}", soft_wrap=True)
+        sys.exit(128 + stop.signum)
+    except Exception as err:  # an environmental failure is one line; anything else a traceback
+        message = environment_message(err)
+        if message is None:
+            raise
+        _error(message)
 
 
 if __name__ == "__main__":

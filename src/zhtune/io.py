@@ -21,8 +21,11 @@ _UMASK = _read_umask()
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write to a temporary file in the same folder, then rename: readers never see half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise _naming(err, path.parent) from None
     try:
         # mkstemp makes the file 0600; results are for sharing, so give them a normal file's mode.
         os.fchmod(fd, 0o666 & ~_UMASK)
@@ -31,10 +34,20 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise _naming(err, path) from None
         raise
     return path
+
+
+def _naming(err: OSError, path: Path) -> OSError:
+    """``err`` with the path it concerns (a failed write() names none): the CLI's one line names it
+    (zhtune.failures)."""
+    if err.filename is None:
+        err.filename = str(path)
+    return err
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -79,11 +92,22 @@ def zhtune_home() -> Path:
 
 
 def default_data_dir(explicit: str | Path | None = None) -> Path | None:
-    """The local data folder: an explicit path, else ``ZHTUNE_DATA_DIR``, else None (use the hub)."""
+    """The local data folder: an explicit path, else ``ZHTUNE_DATA_DIR``, else None (use the hub).
+    Absolute: a relative path means the folder it named when zhtune started (the CLI makes
+    ``ZHTUNE_DATA_DIR`` absolute at start, ``resolve_start_paths``), wherever the work runs later."""
     if explicit:
-        return Path(explicit).expanduser()
+        return Path(explicit).expanduser().absolute()
     env = os.environ.get("ZHTUNE_DATA_DIR")
-    return Path(env).expanduser() if env else None
+    return Path(env).expanduser().absolute() if env else None
+
+
+def resolve_start_paths() -> None:
+    """Make a relative ``ZHTUNE_DATA_DIR`` / ``ZHTUNE_HOME`` absolute, once, at start: worker
+    processes and scripts started in another folder then read the same folders."""
+    for name in ("ZHTUNE_DATA_DIR", "ZHTUNE_HOME"):
+        value = os.environ.get(name)
+        if value:
+            os.environ[name] = str(Path(value).expanduser().absolute())
 
 
 # ORG/NAME as the Hugging Face hub spells repository ids (models and datasets alike).

@@ -39,6 +39,10 @@ class EvalRun:
                 "family": s.get("family")}
 
 
+_EVALUATE_AGAIN = ("evaluate again into a fresh folder (delete this one; in `zhtune run`: --force "
+                   "evaluate, or --force baseline for the baseline)")
+
+
 def _read_json_file(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -50,7 +54,11 @@ def _read_predictions(path: Path) -> dict[str, dict]:
     if not path.is_file():
         raise UserError(f"{path}: missing; an evaluation folder needs summary.json and predictions.jsonl")
     preds: dict[str, dict] = {}
-    for lineno, rec in iter_jsonl(path):
+    try:
+        rows = list(iter_jsonl(path))
+    except UserError as err:  # cut short or damaged after it was written
+        raise UserError(f"{err}; {_EVALUATE_AGAIN}") from None
+    for lineno, rec in rows:
         missing = [k for k in _REQUIRED if k not in rec] if isinstance(rec, dict) else list(_REQUIRED)
         if missing:
             raise UserError(f"{path}:{lineno}: prediction lacks {', '.join(missing)}")
@@ -73,8 +81,12 @@ def _load_single(path: Path, label: str) -> EvalRun:
     summary = _read_json_file(path / "summary.json")
     if not isinstance(summary, dict):
         raise UserError(f"{path / 'summary.json'}: expected a JSON object")
-    return EvalRun(path=path, label=label, summary=summary,
-                   predictions=_read_predictions(path / "predictions.jsonl"))
+    predictions = _read_predictions(path / "predictions.jsonl")
+    counted = (summary.get("throughput") or {}).get("questions")
+    if isinstance(counted, int) and counted != len(predictions):
+        raise UserError(f"{path / 'predictions.jsonl'}: {len(predictions)} predictions, summary.json "
+                        f"counts {counted} (truncated); {_EVALUATE_AGAIN}")
+    return EvalRun(path=path, label=label, summary=summary, predictions=predictions)
 
 
 def _label_in_parent(path: Path) -> str | None:

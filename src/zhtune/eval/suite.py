@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from zhtune import __version__
-from zhtune.artifacts import fingerprint, utc_timestamp, write_eval_index
+from zhtune.artifacts import close_chunks, fingerprint, utc_timestamp, write_eval_index
 from zhtune.config import EvalConfig, ModelConfig
 from zhtune.data.benchmarks import is_multiple_choice
 from zhtune.errors import UserError
@@ -286,8 +286,12 @@ def _formulations(eval_cfg: EvalConfig) -> list[str]:
 
 
 def evaluate_model(model, tokenizer, family, eval_cfg: EvalConfig, data_dir=None, *,
-                   label: str = "base", meta: dict | None = None, progress: bool = True) -> EvalResult:
-    """Every selected benchmark (+ perplexity probes) on one model as it is now."""
+                   label: str = "base", meta: dict | None = None, progress: bool = True,
+                   resume_dir: Path | None = None) -> EvalResult:
+    """Every selected benchmark (+ perplexity probes) on one model as it is now. With
+    ``resume_dir`` (the label's output folder) finished chunks are committed there and a rerun
+    scores only the missing ones (zhtune.eval.resume)."""
+    from zhtune.eval import resume
     from zhtune.eval.choice import score_choice, score_cloze
     from zhtune.eval.distributed import gather_count, gather_rows, share
 
@@ -295,6 +299,11 @@ def evaluate_model(model, tokenizer, family, eval_cfg: EvalConfig, data_dir=None
     questions = load_questions(eval_cfg, data_dir)
     settings = eval_settings(eval_cfg)
     keys = [q.key for b in eval_cfg.benchmarks for q in questions.get(b, [])]
+    resume_fp = resume.run_fingerprint(fingerprint(settings, keys), meta or {})
+    done = resume.finished(resume_dir, resume_fp) if resume_dir is not None else None
+    if done is not None:
+        return EvalResult(*done)
+    chunks = resume.Chunks(resume_dir, resume_fp)
     rows: list[dict] = []
     prompt_rows: list[dict] = []
     benchmarks: dict[str, dict] = {}
@@ -307,34 +316,39 @@ def evaluate_model(model, tokenizer, family, eval_cfg: EvalConfig, data_dir=None
             continue
         log.info("[%s] %s: %d questions", label, b, len(qs))
         runs = ["generate"] if not is_multiple_choice(b) else _formulations(eval_cfg)
-        mine = share(qs)  # this process's questions under a distributed launch (eval.distributed)
         for formulation in runs:
-            t0 = time.perf_counter()
             name = b + CLOZE_SUFFIX if formulation == "cloze" else b
             if formulation == "generate":
                 from zhtune.eval.generation import evaluate_generation
 
-                preds = evaluate_generation(model, tokenizer, family, mine, shots=eval_cfg.generation_shots,
-                                       cot=eval_cfg.generation_cot, data_dir=data_dir,
-                                       batch_size=eval_cfg.batch_size,
-                                       max_new_tokens=eval_cfg.max_new_tokens, chat=eval_cfg.chat,
-                                       style=style, progress=progress)
-                seconds = time.perf_counter() - t0
-                b_rows = gather_rows(_generation_rows(preds))
+                def score_generation(group, bar):
+                    return gather_rows(_generation_rows(evaluate_generation(
+                        model, tokenizer, family, share(group), shots=eval_cfg.generation_shots,
+                        cot=eval_cfg.generation_cot, data_dir=data_dir, batch_size=eval_cfg.batch_size,
+                        max_new_tokens=eval_cfg.max_new_tokens, chat=eval_cfg.chat, style=style,
+                        progress=bar))), {}
+
+                b_rows, seconds, _ = chunks.score(name, qs, score_generation, generate=True, progress=progress)
                 flexible = accuracy_stats([r["correct"] for r in b_rows])
                 strict = accuracy_stats([r["correct_strict"] for r in b_rows])
                 entry = {**flexible, "metric": "accuracy_flexible", "accuracy_strict": strict["accuracy"],
                          "accuracy_flexible": flexible["accuracy"], "stderr_strict": strict["stderr"]}
             else:
-                score = score_cloze if formulation == "cloze" else score_choice
-                preds = score(model, tokenizer, mine, shots=eval_cfg.shots, data_dir=data_dir,
-                              batch_tokens=eval_cfg.batch_tokens, chat=eval_cfg.chat, family=family,
-                              progress=progress, style=style)
-                seconds = time.perf_counter() - t0
                 cloze = formulation == "cloze"
-                b_rows = gather_rows(_cloze_rows(preds, style) if cloze else _choice_rows(preds, style))
+
+                def score_mc(group, bar, cloze=cloze):
+                    # under a distributed launch each process scores its share (eval.distributed)
+                    preds = (score_cloze if cloze else score_choice)(
+                        model, tokenizer, share(group), shots=eval_cfg.shots, data_dir=data_dir,
+                        batch_tokens=eval_cfg.batch_tokens, chat=eval_cfg.chat, family=family,
+                        progress=bar, style=style)
+                    return (gather_rows(_cloze_rows(preds, style) if cloze else _choice_rows(preds, style)),
+                            {"cache_fallbacks": gather_count(sum(not p.used_cache for p in preds))})
+
+                b_rows, seconds, counters = chunks.score(name, qs, score_mc, generate=False,
+                                                         progress=progress)
                 entry = _benchmark_entry(b, b_rows, style, cloze)
-                entry["cache_fallbacks"] = gather_count(sum(not p.used_cache for p in preds))
+                entry["cache_fallbacks"] = counters.get("cache_fallbacks", 0)
             entry["formulation"] = formulation
             entry["seconds"] = round(seconds, 3)
             entry["questions_per_second"] = round(len(qs) / seconds, 3) if seconds else None
@@ -346,9 +360,8 @@ def evaluate_model(model, tokenizer, family, eval_cfg: EvalConfig, data_dir=None
                 prompt_rows += _prompt_records(model, tokenizer, family, b, qs, eval_cfg, data_dir,
                                                formulation)
 
-    t0 = time.perf_counter()
-    perplexity = _perplexity(model, tokenizer, eval_cfg, data_dir) if eval_cfg.perplexity else None
-    perplexity_seconds = time.perf_counter() - t0
+    perplexity, perplexity_seconds = chunks.once(
+        "perplexity", lambda: _perplexity(model, tokenizer, eval_cfg, data_dir)) if eval_cfg.perplexity else (None, 0.0)
 
     summary: dict[str, Any] = {
         "model": getattr(getattr(model, "config", None), "_name_or_path", None), "adapter": None,
@@ -357,6 +370,7 @@ def evaluate_model(model, tokenizer, family, eval_cfg: EvalConfig, data_dir=None
         "style": style,
         "settings": settings,
         "settings_fingerprint": fingerprint(settings, keys),
+        "resume_fingerprint": resume_fp,  # zhtune.eval.resume: a rerun with it reuses this folder
         "benchmarks": benchmarks,
         "perplexity": perplexity,
         "throughput": {"questions": scored, "seconds": round(scored_seconds, 3),
@@ -377,6 +391,7 @@ def write_eval_output(result: EvalResult, out_dir) -> Path:
     if result.prompts is not None:
         atomic_write_jsonl(out / "prompts.jsonl", result.prompts)
     atomic_write_json(out / "summary.json", result.summary)
+    close_chunks(out)  # the committed chunks are in the finished files now
     return out
 
 
@@ -462,7 +477,7 @@ def run_eval(model_cfg: ModelConfig, eval_cfg: EvalConfig, out_dir, *, data_dir=
 
     if include_base:
         result = evaluate_model(model, tokenizer, family, eval_cfg, data_dir, label="base",
-                                meta=base_meta, progress=progress)
+                                meta=base_meta, progress=progress, resume_dir=out / "base")
         record("base", result, None, None)
     if adapters:
         names = adapter_names(adapters, adapter_labels)
@@ -473,7 +488,8 @@ def run_eval(model_cfg: ModelConfig, eval_cfg: EvalConfig, out_dir, *, data_dir=
                 meta = {**base_meta, "adapter": str(dirs[name]), "adapter_scale": float(scale)}
                 with use_adapter(peft_model, name, float(scale)):
                     result = evaluate_model(peft_model, tokenizer, family, eval_cfg, data_dir,
-                                            label=label, meta=meta, progress=progress)
+                                            label=label, meta=meta, progress=progress,
+                                            resume_dir=out / label)
                 record(label, result, str(dirs[name]), float(scale))
     distributed.barrier()  # the files are written before any process moves on
     return index

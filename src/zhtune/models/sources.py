@@ -168,6 +168,10 @@ def check_model_folder(path: str | Path, origin: str | None = None) -> Path:
             hint = "; this is a LoRA adapter folder, give the base model and pass the adapter separately"
         raise ModelSourceError(f"{where}: no config.json, so not a Hugging Face model folder{hint}")
     if any(path.glob("*.safetensors")):
+        damaged = damaged_weights(path)
+        if damaged:
+            raise ModelSourceError(f"{damaged}; pull or copy the model again (a hub download: delete "
+                                   f"that file from the Hugging Face cache first)")
         return path
     pickles = sorted(p.name for p in path.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
     if pickles:
@@ -176,6 +180,18 @@ def check_model_folder(path: str | Path, origin: str | None = None) -> Path:
             f"(pickles can run code). Convert first, e.g. load it once with transformers and call "
             f"model.save_pretrained(folder, safe_serialization=True)")
     raise ModelSourceError(f"{where}: no *.safetensors weights in this folder")
+
+
+def damaged_weights(path: Path) -> str | None:
+    """'<file>: <why>' for the first safetensors file in ``path`` that is not whole (truncated by a
+    full disk or a killed copy), else None. Reads the headers only."""
+    from zhtune.failures import safetensors_problem
+
+    for f in sorted(Path(path).glob("*.safetensors")):
+        problem = safetensors_problem(f)
+        if problem:
+            return f"{f}: {problem}"
+    return None
 
 
 def _hub_offline() -> bool:
@@ -281,12 +297,16 @@ def _locked(entry: Path) -> Iterator[None]:
 def build_cache_entry(entry: Path, build: Callable[[Path, Path], dict]) -> Path:
     """Build ``entry`` once: ``build(work_dir, model_dir)`` fills ``model_dir`` and returns facts
     for the source record. On any error nothing is left behind; another process waiting on the lock
-    finds the finished entry."""
-    if is_cached(entry):
+    finds the finished entry. An entry whose weights were damaged since (truncated) is built again."""
+    if is_cached(entry) and not damaged_weights(entry):
         return entry
     with _locked(entry):
         if is_cached(entry):
-            return entry
+            damaged = damaged_weights(entry)
+            if not damaged:
+                return entry
+            log.warning("%s; pulling and converting it again", damaged)
+            shutil.rmtree(entry)
         work = Path(tempfile.mkdtemp(prefix=f".tmp-{entry.name}-", dir=entry.parent))
         try:
             model_dir = work / "model"
@@ -340,7 +360,7 @@ def resolve_gguf(gguf_path: str | Path, cache_dir: str | Path | None = None) -> 
     root = models_cache_dir(cache_dir)
     sha = _gguf_sha_cached(gguf_path, root)
     entry = root / f"gguf-{sha[:16]}"
-    if is_cached(entry):
+    if is_cached(entry) and not damaged_weights(entry):
         return entry
 
     def build(work: Path, model_dir: Path) -> dict:
@@ -447,7 +467,7 @@ def resolve_builtin(name: str, cache_dir: str | Path | None = None) -> Path:
     """Download, verify and convert a built-in model once; afterwards return the cached folder."""
     model = get_builtin(name)
     entry = builtin_cache_entry(name, cache_dir)
-    if is_cached(entry):
+    if is_cached(entry) and not damaged_weights(entry):
         return entry
 
     def build(work: Path, model_dir: Path) -> dict:

@@ -2,7 +2,8 @@
 
 Resume: running the same command again continues from the newest *complete* checkpoint. The HF
 Trainer writes ``trainer_state.json`` last, so a checkpoint folder without a valid one was being
-written when the process died; such folders are removed. Checkpoints made with other settings are
+written when the process died; such folders are removed, as are checkpoints whose safetensors
+weights are truncated (zhtune.failures.safetensors_problem). Checkpoints made with other settings are
 refused rather than silently mixed in (``checkpoints/zhtune_run.json`` holds the fingerprint).
 """
 from __future__ import annotations
@@ -32,8 +33,12 @@ def checkpoint_is_complete(path: Path) -> bool:
         json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    has_weights = any((path / n).exists() for n in (
-        "adapter_model.safetensors", "model.safetensors", "adapter_model.bin"))
+    from zhtune.failures import safetensors_problem
+
+    weights = [path / n for n in ("adapter_model.safetensors", "model.safetensors", "adapter_model.bin")]
+    has_weights = any(w.exists() for w in weights)
+    if any(w.suffix == ".safetensors" and w.exists() and safetensors_problem(w) for w in weights):
+        return False  # truncated weights (a full disk, a damaged copy): not a checkpoint to resume
     has_optimizer = (path / "optimizer.pt").exists() or any(path.glob("global_step*"))
     return has_weights and has_optimizer
 
@@ -98,3 +103,20 @@ def lock_output(out: Path):
         log.warning("%s: this file system does not support locks (%s); not guarding against a "
                     "second `zhtune train` writing the same folder", out, os.strerror(err.errno))
     return f
+
+
+def stop_on_signal_callback():
+    """A TrainerCallback that, once SIGTERM / SIGINT was received (``zhtune.stopping.deferred``),
+    saves a checkpoint at the current step and stops training; ``train`` then raises Stopped."""
+    from transformers import TrainerCallback
+
+    from zhtune.stopping import pending
+
+    class StopOnSignal(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if pending() is not None:
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+
+    return StopOnSignal()

@@ -32,7 +32,8 @@ from zhtune.config import ExperimentConfig, ModelConfig, config_to_dict, save_re
 from zhtune.devices import multi_gpu_hint
 from zhtune.errors import UserError
 from zhtune.io import atomic_write_json, default_data_dir, read_json
-from zhtune.train.checkpoints import RUN_FILE, checkpoint_step, latest_checkpoint, lock_output, run_fingerprint
+from zhtune.train.checkpoints import (RUN_FILE, checkpoint_step, latest_checkpoint, lock_output, run_fingerprint,
+                                      stop_on_signal_callback)
 from zhtune.train.trainer import (JsonlLogCallback, RichProgressCallback, ZhtuneTrainer, autocast_dtype,
                                   build_training_args, resolve_precision)
 
@@ -236,7 +237,7 @@ def build_trainer(run: TrainingRun, model, data: TrainingData, last: Path | None
 
     resume_step = checkpoint_step(last) if last else None
     callbacks: list[TrainerCallback] = [JsonlLogCallback(run.out / "train_log.jsonl", resume_step, run.is_main),
-                                        RichProgressCallback()]
+                                        RichProgressCallback(), stop_on_signal_callback()]
     if "tensorboard" in run.cfg.train.report_to:
         from transformers.integrations import TensorBoardCallback
 
@@ -259,8 +260,13 @@ def train(trainer: ZhtuneTrainer, last: Path | None) -> tuple[Any, dict]:
     """Run (or resume) training; returns HF's result and this session's share of the work: seconds in
     evaluations and in training steps (HF's train_runtime counts both), tokens seen before it."""
     # Read now: the checkpoint may be rotated away (save_total_limit) before training ends.
+    from zhtune.stopping import Stopped, deferred, pending
+
     tokens_before = read_json(last / "trainer_state.json").get("num_input_tokens_seen", 0) if last else 0
-    result = trainer.train(resume_from_checkpoint=str(last) if last else None)
+    with deferred():  # SIGTERM / SIGINT: a checkpoint at the current step, then Stopped
+        result = trainer.train(resume_from_checkpoint=str(last) if last else None)
+        if pending() is not None:
+            raise Stopped(pending(), f"checkpoint saved at step {trainer.state.global_step}")
     log.info("process %d of %d: training ended at step %d", trainer.args.process_index,
              trainer.args.world_size, trainer.state.global_step)
     resume_step = checkpoint_step(last) if last else 0
