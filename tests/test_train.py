@@ -222,3 +222,34 @@ def test_bf16_loss_curve_stays_within_noise_of_fp32(tiny_llama_dir, shared_data,
     assert max(gaps) < 0.1 and sum(gaps) / len(gaps) < 0.5 * movement, (gaps, movement)
     assert gaps[0] > 0 or gaps[-1] > 0  # bf16 really ran: its numbers are not fp32's
     assert sum(bf16[-4:]) / 4 < sum(bf16[:4]) / 4 - 0.1  # and it learns
+
+
+def test_batch_two_equals_two_accumulated_rows(tiny_qwen_dir, shared_data, tmp_path):
+    """1 row x 2 accumulation steps trains as 2 rows at once: the loss is normalised by the labelled
+    tokens of the whole accumulated batch (rows here differ in length, so a mean per micro-batch
+    would move the loss and gradient norm far beyond 1e-6).
+
+    The adapters are compared at 1e-5, not bit for bit: the two sum the gradient in another order,
+    and AdamW turns last-bit differences into larger ones on coordinates whose gradient is below
+    its eps (measured: 1.0e-6 after 4 steps at lr 3e-3, against weights that moved ~1e-2). The
+    2-process run equals the accumulated one bit for bit (tests/test_distributed.py)."""
+    from safetensors.torch import load_file
+
+    logs, adapters = {}, {}
+    for batch, accumulation in ((2, 1), (1, 2)):
+        cfg = _cfg(tiny_qwen_dir, "data.sample_size=16", "train.max_steps=4", "train.learning_rate=0.003",
+                   "lora.dropout=0", "data.val_size=0", "train.save_steps=100", "train.warmup_ratio=0",
+                   "train.precision=fp32", f"train.batch_size={batch}",
+                   f"train.gradient_accumulation_steps={accumulation}")
+        out = tmp_path / f"b{batch}"
+        train_lora(cfg, out, data_dir=shared_data)
+        logs[batch] = [(e["loss"], e["grad_norm"]) for e in read_jsonl(out / "train_log.jsonl") if "loss" in e]
+        adapters[batch] = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert len(logs[2]) == len(logs[1]) == 4
+    for (loss2, norm2), (loss1, norm1) in zip(logs[2], logs[1]):
+        assert loss1 == pytest.approx(loss2, rel=1e-6) and norm1 == pytest.approx(norm2, rel=1e-6)
+    want, have = adapters[2], adapters[1]
+    assert want.keys() == have.keys() and want
+    for name in want:
+        assert torch.allclose(have[name], want[name], atol=1e-5, rtol=1e-4), name
+    assert max(float(w.abs().max()) for name, w in want.items() if "lora_B" in name) > 1e-3  # it trained
