@@ -241,7 +241,8 @@ class LoraLinearFunction(torch.autograd.Function):
 
 
 def _vanilla(layer) -> bool:
-    """One active adapter without a variant (DoRA...) on a frozen ``nn.Linear``."""
+    """One active adapter without a variant (DoRA...) on a frozen ``nn.Linear``: exactly that class,
+    so a quantised base (bitsandbytes ``Linear4bit`` / ``Linear8bitLt``, QLoRA) is not one."""
     active = [a for a in layer.active_adapters if a in layer.lora_A]
     base = layer.base_layer
     return (len(active) == 1 and active[0] not in layer.lora_variant
@@ -266,7 +267,8 @@ def fuse_lora_layers(model) -> int:
 
     The modules, parameters and state dict stay PEFT's (saving, loading, merging, scaling are
     unchanged); only the instance's ``forward`` is replaced, and it falls back to PEFT's own for
-    anything but one active vanilla adapter on a frozen ``nn.Linear``.
+    anything but one active vanilla adapter on a frozen ``nn.Linear``. PEFT wraps a quantised base
+    layer (QLoRA) in its own classes (``peft.tuners.lora.bnb``), which are not touched here.
     """
     from peft.tuners.lora import Linear as LoraLinear
 
