@@ -112,3 +112,23 @@ def test_quantization_is_validated_and_changes_the_run_fingerprint(tiny_llama_di
         load_config(None, ["model.quantization=fp4"])
     fps = {q: run_fingerprint(_cfg(tiny_llama_dir, q), "data") for q in ("none", "nf4", "int8")}
     assert len(set(fps.values())) == 3  # resuming a run with another base precision is refused
+
+
+@pytest.mark.slow  # a real 135M model: ~1 minute on two cores
+def test_qlora_nf4_on_smollm2(shared_data, tmp_path):
+    """The built-in SmolLM2-135M in nf4: the training loss falls, and the adapter evaluates on the
+    quantised and on the unquantised base."""
+    from zhtune.eval.suite import run_eval
+
+    cfg = _cfg("builtin:smollm2-135m-instruct", "nf4", "train.max_steps=12", "train.learning_rate=2e-3",
+               "train.warmup_ratio=0", "data.sample_size=24", "lora.dropout=0.0")
+    metrics = train_lora(cfg, tmp_path / "train", data_dir=shared_data)
+    losses = [e["loss"] for e in read_jsonl(tmp_path / "train" / "train_log.jsonl") if "loss" in e]
+    assert metrics["steps"] == 12 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
+    ev = load_config(None, ["eval.benchmarks=[ceval]", "eval.limit=1", "eval.shots=0",
+                            "eval.max_per_benchmark=3", "eval.perplexity_chars=0"]).eval
+    for quantization in ("nf4", "none"):
+        out = tmp_path / f"eval-{quantization}"
+        run_eval(cfg.model.model_copy(update={"quantization": quantization}), ev, out, data_dir=shared_data,
+                 adapters=[tmp_path / "train" / "adapter"], progress=False)
+        assert len(list(read_jsonl(out / "train" / "predictions.jsonl"))) == 3
