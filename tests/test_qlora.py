@@ -126,7 +126,7 @@ def test_qlora_nf4_on_smollm2(shared_data, tmp_path):
     losses = [e["loss"] for e in read_jsonl(tmp_path / "train" / "train_log.jsonl") if "loss" in e]
     assert metrics["steps"] == 12 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
     ev = load_config(None, ["eval.benchmarks=[ceval]", "eval.limit=1", "eval.shots=0",
-                            "eval.max_per_benchmark=3", "eval.perplexity_chars=0"]).eval
+                            "eval.max_per_benchmark=3", "eval.perplexity_chars=200"]).eval
     for quantization in ("nf4", "none"):
         out = tmp_path / f"eval-{quantization}"
         run_eval(cfg.model.model_copy(update={"quantization": quantization}), ev, out, data_dir=shared_data,
