@@ -122,13 +122,13 @@ def test_qlora_nf4_on_smollm2(shared_data, tmp_path):
 
     cfg = _cfg("builtin:smollm2-135m-instruct", "nf4", "train.max_steps=12", "train.learning_rate=2e-3",
                "train.warmup_ratio=0", "data.sample_size=24", "lora.dropout=0.0")
-    metrics = train_lora(cfg, tmp_path / "train", data_dir=shared_data)
-    losses = [e["loss"] for e in read_jsonl(tmp_path / "train" / "train_log.jsonl") if "loss" in e]
+    metrics = train_lora(cfg, tmp_path / "run", data_dir=shared_data)
+    losses = [e["loss"] for e in read_jsonl(tmp_path / "run" / "train_log.jsonl") if "loss" in e]
     assert metrics["steps"] == 12 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
     ev = load_config(None, ["eval.benchmarks=[ceval]", "eval.limit=1", "eval.shots=0",
                             "eval.max_per_benchmark=3", "eval.perplexity_chars=200"]).eval
     for quantization in ("nf4", "none"):
         out = tmp_path / f"eval-{quantization}"
         run_eval(cfg.model.model_copy(update={"quantization": quantization}), ev, out, data_dir=shared_data,
-                 adapters=[tmp_path / "train" / "adapter"], progress=False)
-        assert len(list(read_jsonl(out / "train" / "predictions.jsonl"))) == 3
+                 adapters=[tmp_path / "run" / "adapter"], progress=False)
+        assert len(list(read_jsonl(out / "run" / "predictions.jsonl"))) == 3
