@@ -17,7 +17,7 @@ def test_gpu_check_script_passes_on_the_cpu(shared_data):
     env = {**os.environ, "GPU_CHECK_DEVICE": "cpu", "ZHTUNE_DATA_DIR": str(shared_data),
            "PYTHON": sys.executable}
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_check.sh")], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=900)
     lines = proc.stdout.splitlines()
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     status = [line.split()[0] for line in lines if line.split()[0] in ("PASS", "FAIL")]
