@@ -10,8 +10,9 @@ separately and merged through their log-sum-exp, as Hydragen and cascade inferen
     out = (e^{s_p} o_p + e^{s_q} o_q) / (e^{s_p} + e^{s_q})
 
 with o the softmax output over one part's keys and s the log-sum-exp of its scores (torch's fused
-kernels return both: the flash kernel on the CPU, the memory-efficient one on CUDA). The prefix part folds the batch into the rows of one
-attention per key-value head, so the prefix is read, never copied.
+kernels return both: the flash kernel on the CPU, the memory-efficient one on CUDA). The prefix
+part folds the batch into the rows of one attention per key-value head, so the prefix is read,
+never copied.
 
 Used through ``attend(body)`` (the model runs this attention while inside it) and the
 ``context=SharedContext(...)`` keyword of a decoder forward pass, which transformers hands down to

@@ -334,10 +334,10 @@ def build_peft_model(model, cfg: ExperimentConfig, settings: dict, fused: bool =
     """Wrap ``model`` with LoRA adapters as configured; returns (peft model, target module names).
 
     ``fused``: LoRA layers run through ``zhtune.train.fused.LoraLinearFunction`` (same result,
-    a third of PEFT's activation memory; layers on a bitsandbytes 4-/8-bit base keep PEFT's own), gated MLPs through ``zhtune.train.fused_mlp`` (one saved
-    tensor fewer) and packed rows through ``zhtune.train.packed_attention`` (one causal attention
-    per sample instead of a masked one over the whole row); the adapter and its state dict are
-    PEFT's either way.
+    a third of PEFT's activation memory; layers on a bitsandbytes 4-/8-bit base keep PEFT's own),
+    gated MLPs through ``zhtune.train.fused_mlp`` (one saved tensor fewer) and packed rows through
+    ``zhtune.train.packed_attention`` (one causal attention per sample instead of a masked one over
+    the whole row); the adapter and its state dict are PEFT's either way.
 
     Also turns the KV cache off: packed rows rely on the block-diagonal mask that transformers
     derives from ``position_ids``, and it only does so when no cache is in use (with the cache on,
