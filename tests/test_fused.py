@@ -265,3 +265,24 @@ def test_frozen_weights_stored_in_bf16_train_as_under_autocast(tiny_model_dir):
     assert results[0][1].keys() == results[1][1].keys()
     for name, g in results[0][1].items():
         torch.testing.assert_close(results[1][1][name], g, atol=0, rtol=0, msg=name)
+
+
+def test_loss_chunk_rows_follow_the_vocabulary_and_a_byte_budget(monkeypatch):
+    """The loss chunk is sized in bytes: rows x vocabulary x bytes per logit stays within the
+    device's budget, so a 3x larger vocabulary gets a third of the rows."""
+    from zhtune.train import fused
+    from zhtune.train.fused import CHUNK_BYTES, chunk_rows
+
+    for device in ("cpu", "cuda"):
+        for vocab in (49152, 151936):
+            for dtype, per_logit in ((torch.float32, 4), (torch.bfloat16, 8)):
+                rows = chunk_rows(vocab, device, dtype)
+                assert rows * vocab * per_logit <= CHUNK_BYTES[device] < (rows + 1) * vocab * per_logit
+    assert chunk_rows(49152, "cpu", torch.float32) == 170  # SmolLM2, as before: 32 MB
+    assert chunk_rows(151936, "cuda", torch.bfloat16) > chunk_rows(151936, "cpu", torch.bfloat16) > 0
+    seen = []  # linear_cross_entropy uses it: chunks of chunk_rows rows
+    monkeypatch.setattr(fused, "CHUNK_BYTES", {"cpu": 50 * 4 * 3})
+    real = torch.Tensor.__matmul__
+    monkeypatch.setattr(torch.Tensor, "__matmul__", lambda a, b: seen.append(a.shape[0]) or real(a, b))
+    linear_cross_entropy(torch.randn(10, 8), torch.randn(50, 8), torch.randint(0, 50, (10,)))
+    assert seen == [3, 3, 3, 1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, Qwen2Config
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
@@ -125,3 +126,59 @@ def test_under_cpu_autocast_the_attention_runs_in_fp32():
     want, _ = packed_attention(_Module(), q, k.float(), v.float(), None, scaling=0.3, position_ids=pos)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, want)
+
+
+def _flash_varlen_on_cpu(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0, softmax_scale=None, causal=False):
+    """flash_attn_varlen_func's contract on the CPU: q (total, H, D), k and v (total, Hkv, D), int32
+    cumulative offsets, causal within each sample -> (total, H, D)."""
+    assert q.dim() == 3 and cu_q.dtype == torch.int32 and torch.equal(cu_q, cu_k) and causal
+    assert max_q == max_k == int((cu_q[1:] - cu_q[:-1]).max()) and dropout_p == 0.0
+    bounds = cu_q.tolist()
+    out = [F.scaled_dot_product_attention(*(t[a:b].transpose(0, 1)[None] for t in (q, k, v)), is_causal=True,
+                                          scale=softmax_scale, enable_gqa=True)[0].transpose(0, 1)
+           for a, b in zip(bounds, bounds[1:])]
+    return torch.cat(out)
+
+
+def test_flash_varlen_path_equals_masked_sdpa(monkeypatch):
+    """The FlashAttention-2 path (layout, cu_seqlens over the flattened batch, one row of positions
+    for a batch), run on the CPU with a stand-in for flash_attn_varlen_func."""
+    from zhtune.train import packed_attention as pa
+
+    monkeypatch.setattr(pa, "_use_varlen", lambda q: True)
+    monkeypatch.setattr(pa, "_flash_varlen", lambda: _flash_varlen_on_cpu)
+    torch.manual_seed(0)
+    pos = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 0, 1, 2, 3, 4, 5], list(range(13))])
+    q = torch.randn(2, 6, 13, 8, requires_grad=True)
+    k, v = torch.randn(2, 2, 13, 8, requires_grad=True), torch.randn(2, 2, 13, 8, requires_grad=True)
+    grad = torch.randn(2, 13, 6, 8)
+    for positions in (pos, pos[:1]):
+        got, _ = packed_attention(_Module(), q, k, v, None, scaling=0.3, position_ids=positions)
+        want, _ = sdpa_attention_forward(_Module(), q, k, v, _block_causal(positions), scaling=0.3)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        for g, w in zip(torch.autograd.grad(got, (q, k, v), grad), torch.autograd.grad(want, (q, k, v), grad)):
+            torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+    assert pa._Runs.cu[3].tolist() == [0, 4, 7, 13, 17, 20, 26]  # pos[:1] for both rows
+
+
+def test_sample_boundaries_are_read_once_per_batch(tiny_llama_dir, monkeypatch):
+    """One device-to-host read of the position ids per training step, whatever the number of
+    layers, and none more when gradient checkpointing recomputes every layer."""
+    import contextlib
+
+    from test_fused import _packed_batch, _peft_model
+    from zhtune.train import packed_attention as pa
+    from zhtune.train.fused import labelled_loss
+
+    reads = []
+    real = pa.sample_lengths
+    monkeypatch.setattr(pa, "sample_lengths", lambda p: reads.append(1) or real(p))
+    model = _peft_model(tiny_llama_dir, fused=True)
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    assert model.config.num_hidden_layers > 1
+    for step in range(2):
+        inputs = _packed_batch(vocab=200)
+        labels = inputs.pop("labels")
+        loss, n, _ = labelled_loss(model, model.get_output_embeddings(), inputs, labels, contextlib.nullcontext())
+        loss.backward()
+        assert len(reads) == step + 1

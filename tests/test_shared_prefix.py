@@ -22,14 +22,37 @@ def _reference(q, k, v, allowed):
     return (torch.softmax(scores, dim=-1) @ v).transpose(1, 2)
 
 
-@pytest.mark.parametrize("kernel", ["cpu flash", "plain"])  # plain: what other devices run
+def _efficient_on_cpu(q, k, v, bias, causal, scale):
+    """What ``torch.ops.aten._scaled_dot_product_efficient_attention`` computes and demands, on the
+    CPU: as many key-value heads as query heads, an additive bias in q's dtype with 16-aligned
+    rows, and the log-sum-exp padded to a multiple of 32 rows (padding is garbage)."""
+    assert q.shape[1] == k.shape[1] == v.shape[1], "the kernel takes no grouped-query heads"
+    scores = (q @ k.transpose(-1, -2)).float() * scale
+    if bias is not None:
+        assert bias.dtype == q.dtype and bias.stride(-1) == 1 and bias.stride(-2) % 16 == 0
+        assert bias.shape == scores.shape
+        scores = scores + bias.float()
+    if causal:
+        scores = scores.masked_fill(torch.ones(scores.shape[-2:], dtype=torch.bool).triu(1), float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    out = torch.softmax(scores, dim=-1).to(v.dtype) @ v
+    padded = torch.full((*lse.shape[:-1], -(-lse.shape[-1] // 32) * 32), float("nan"))
+    padded[..., :lse.shape[-1]] = lse
+    return out, padded
+
+
+@pytest.mark.parametrize("heads", [6, 2])  # grouped-query (3 query heads per key-value head), MHA
+@pytest.mark.parametrize("kernel", ["cpu flash", "cuda efficient", "plain"])  # plain: other devices
 @pytest.mark.parametrize("chunk", [2**25, 7])  # 7: the prefix part in many row chunks
-def test_prefix_rows_and_own_tokens_merge_to_plain_attention(monkeypatch, chunk, kernel):
+def test_prefix_rows_and_own_tokens_merge_to_plain_attention(monkeypatch, chunk, kernel, heads):
     monkeypatch.setattr(shared_prefix, "CHUNK_ELEMENTS", chunk)
     if kernel == "plain":
-        monkeypatch.setattr(shared_prefix, "_fused_kernel", lambda q: False)
+        monkeypatch.setattr(shared_prefix, "_fused_kernel", lambda q: None)
+    if kernel == "cuda efficient":  # the CUDA path's folding, bias and slicing, run on the CPU
+        monkeypatch.setattr(shared_prefix, "_fused_kernel", lambda q: "cuda")
+        monkeypatch.setattr(shared_prefix, "_efficient_kernel", _efficient_on_cpu)
     torch.manual_seed(0)
-    b, h, hkv, d, p, c, s = 3, 6, 2, 8, 11, 5, 4
+    b, h, hkv, d, p, c, s = 3, heads, 2, 8, 11, 5, 4
     q = torch.randn(b, h, s, d)
     k, v = torch.randn(b, hkv, s, d), torch.randn(b, hkv, s, d)
     pk, pv = torch.randn(1, hkv, p, d), torch.randn(1, hkv, p, d)

@@ -35,6 +35,12 @@ class ModelConfig(_Section):
     device: str = Field("auto", description="Device of this process: auto, cpu, cuda, cuda:1 or mps.")
     trust_remote_code: bool = Field(False, description=(
         "Run Python code shipped with the checkpoint (off: only architectures transformers knows)."))
+    quantization: Literal["none", "nf4", "int8"] = Field(
+        "none", description="Store the base model's linear layers quantised by bitsandbytes (QLoRA): "
+        "nf4 (4-bit NormalFloat, double quantisation, a 7B model in ~5 GB) or int8 (LLM.int8, ~8 GB); "
+        "the LoRA adapter trains in full precision on top. Needs `pip install 'zhtune[qlora]'`. "
+        "Applies to training and evaluation alike (an adapter also evaluates on the unquantised "
+        "base: set none there). See docs/gpu-memory.md.")
 
 
 class ReplayConfig(_Section):

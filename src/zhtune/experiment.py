@@ -74,7 +74,7 @@ def main_process_only(work: Callable[[Path], object]) -> Callable[[Path], object
 def stage_fingerprints(cfg: ExperimentConfig, data_dir: Path | None) -> dict[str, str]:
     """Each stage's fingerprint. They chain: a stage's includes the fingerprints of its inputs."""
     fps = {"baseline": baseline_fingerprint(cfg, data_dir)}
-    fps["prepare"] = fingerprint("prepare", cfg.model.model_dump(exclude={"device", "dtype"}),
+    fps["prepare"] = fingerprint("prepare", cfg.model.model_dump(exclude={"device", "dtype", "quantization"}),
                                  config_to_dict(cfg.data), str(data_dir), __version__)
     fps["train"] = fingerprint("train", fps["prepare"], config_to_dict(cfg.lora),
                                cfg.train.model_dump(exclude={"report_to"}),

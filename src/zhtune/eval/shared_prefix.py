@@ -9,9 +9,10 @@ separately and merged through their log-sum-exp, as Hydragen and cascade inferen
 
     out = (e^{s_p} o_p + e^{s_q} o_q) / (e^{s_p} + e^{s_q})
 
-with o the softmax output over one part's keys and s the log-sum-exp of its scores (on the CPU,
-torch's fused flash kernel returns both). The prefix part folds the batch into the rows of one
-attention per key-value head, so the prefix is read, never copied.
+with o the softmax output over one part's keys and s the log-sum-exp of its scores (torch's fused
+kernels return both: the flash kernel on the CPU, the memory-efficient one on CUDA). The prefix
+part folds the batch into the rows of one attention per key-value head, so the prefix is read,
+never copied.
 
 Used through ``attend(body)`` (the model runs this attention while inside it) and the
 ``context=SharedContext(...)`` keyword of a decoder forward pass, which transformers hands down to
@@ -63,18 +64,56 @@ def _manual(q, k, v, scaling: float, causal: bool, mask) -> tuple[torch.Tensor, 
     return torch.matmul(weights.to(v.dtype), v), lse
 
 
-def _fused_kernel(q: torch.Tensor) -> bool:
-    """Where torch's fused kernel that also returns the log-sum-exp runs: the CPU (tests switch it off)."""
-    return q.device.type == "cpu"
+def _fused_kernel(q: torch.Tensor) -> str | None:
+    """Which of torch's fused kernels that also return the log-sum-exp runs here: "cpu" (the CPU's
+    flash kernel), "cuda" (the memory-efficient kernel), None: the plain computation (tests choose)."""
+    return q.device.type if q.device.type in ("cpu", "cuda") else None
+
+
+def _efficient_kernel(q, k, v, bias, causal: bool, scale: float):
+    """torch's memory-efficient attention (CUDA) -> (output, log-sum-exp padded to 32 rows)."""
+    out, lse, _, _ = torch.ops.aten._scaled_dot_product_efficient_attention(
+        q, k, v, bias, True, 0.0, causal, scale=scale)
+    return out, lse
+
+
+def _efficient(q, k, v, scaling: float, causal: bool, mask):
+    """(output, log-sum-exp) through ``_efficient_kernel``, which wants as many key-value heads as
+    query heads: the query heads of a key-value head are folded into its rows (q (B, H, L, D) ->
+    (B, Hkv, g L, D), a view of q's heads, no copy of k or v), so a causal mask becomes a bias over
+    the folded rows (row r is position r mod L). Masks go in as an additive bias in q's dtype whose
+    rows start on 16-element boundaries (the kernel's alignment; sdpa pads its masks the same way).
+    No fp32 score matrix is formed, and the log-sum-exp comes back in fp32."""
+    b, h, length, d = q.shape
+    hkv, keys = k.shape[1], k.shape[2]
+    g = h // hkv
+    rows = q.reshape(b, hkv, g * length, d)
+    allowed = mask
+    if causal and g > 1:
+        position = torch.arange(length, device=q.device).repeat(g)
+        own = torch.arange(keys, device=q.device)[None, :] <= position[:, None]
+        allowed = own if allowed is None else allowed & own
+    bias = None
+    if allowed is not None:
+        shape = torch.broadcast_shapes(allowed.shape, (1, 1, 1, keys))
+        bias = torch.zeros(*shape[:-1], keys + (-keys % 16), dtype=q.dtype, device=q.device)[..., :keys]
+        bias.masked_fill_(~allowed.expand(shape), float("-inf"))
+        bias = bias.expand(b, hkv, g * length, keys)
+    out, lse = _efficient_kernel(rows, k, v, bias, causal and g == 1, scaling)
+    return out.reshape(b, h, length, d), lse[..., :g * length].reshape(b, h, length)
 
 
 def _attention(q, k, v, scaling: float, causal: bool = False, mask=None):
     """(output, log-sum-exp) of q (B, H, L, D) over k, v (B, Hkv, Lk, D), H a multiple of Hkv
     (grouped-query attention); ``mask`` (bool, broadcast to the scores): True where a key may be
     seen. On the CPU, torch's fused flash kernel, which returns the log-sum-exp and reads each
-    key-value head for its query heads without a copy; elsewhere the plain computation."""
+    key-value head for its query heads without a copy; on CUDA its memory-efficient kernel
+    (``_efficient``); elsewhere the plain computation."""
     k, v = k.to(q.dtype), v.to(q.dtype)  # under autocast the parts can come in different dtypes
-    if _fused_kernel(q):
+    kernel = _fused_kernel(q)
+    if kernel == "cuda":
+        return _efficient(q, k, v, scaling, causal, mask)
+    if kernel == "cpu":
         if mask is not None:  # the kernel takes an additive mask of the query's dtype
             mask = torch.zeros(mask.shape, dtype=q.dtype).masked_fill_(~mask, float("-inf"))
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(

@@ -67,6 +67,7 @@ def load_model(cfg: ModelConfig | str, for_training: bool = False) -> LoadedMode
     from transformers import AutoModelForCausalLM
 
     from zhtune.models.cpu_math import resolve_math_kernels
+    from zhtune.models.quantization import bitsandbytes_config
     from zhtune.models.sources import resolve_model
 
     resolve_math_kernels()  # before any model runs: MKL's first-call race, see cpu_math
@@ -76,12 +77,17 @@ def load_model(cfg: ModelConfig | str, for_training: bool = False) -> LoadedMode
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
     tokenizer = load_tokenizer(path, cfg.trust_remote_code)
+    # QLoRA (model.quantization): bitsandbytes layers are placed by a device map, never moved.
+    quantization = bitsandbytes_config(cfg.quantization, dtype)
+    placement = {"quantization_config": quantization, "device_map": {"": str(device)}} if quantization else {}
     model = AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=dtype, trust_remote_code=cfg.trust_remote_code, use_safetensors=True)
-    model.to(device)
+        str(path), dtype=dtype, trust_remote_code=cfg.trust_remote_code, use_safetensors=True, **placement)
+    if quantization is None:
+        model.to(device)
     if not for_training:
         model.eval()
     family = detect_family(model.config, tokenizer, cfg.name_or_path, cfg.family)
-    log.info("loaded %s (%s, %s, %s) from %s", cfg.name_or_path, family.name, dtype, device, path)
+    log.info("loaded %s (%s, %s%s, %s) from %s", cfg.name_or_path, family.name, dtype,
+             "" if quantization is None else f", {cfg.quantization}", device, path)
     return LoadedModel(model=model, tokenizer=tokenizer, family=family, path=Path(path),
                        name=cfg.name_or_path)

@@ -25,9 +25,13 @@ import types
 import torch
 
 IGNORE_INDEX = -100
-# Rows of logits per chunk: CHUNK_ELEMENTS / vocabulary (SmolLM2: 170 rows, 32 MB in fp32). Each
-# chunk reads the whole head matrix, so chunks should not be tiny either.
-CHUNK_ELEMENTS = 2**23
+# Bytes of logits (and their softmax) one chunk of the loss may hold, per device type: rows per
+# chunk = budget / (vocabulary x bytes per logit), so Qwen's 152k vocabulary gets fewer rows than
+# SmolLM2's 49k and the same memory. Each chunk reads the whole head matrix, so chunks should not be
+# tiny either: on a GPU the budget is larger (a 7B model's step holds GBs anyway, and a matmul of
+# a few rows would leave it idle). CPU: 32 MB, SmolLM2 170 rows in fp32; CUDA: 512 MB, Qwen2.5-7B
+# 441 rows under bf16 autocast.
+CHUNK_BYTES = {"cpu": 2**25, "cuda": 2**29}
 
 
 def compute_dtype(device_type: str, fallback: torch.dtype) -> torch.dtype:
@@ -86,12 +90,21 @@ class LinearCrossEntropy(torch.autograd.Function):
         return grad * grad_loss.to(grad.dtype), None, None, None, None
 
 
+def chunk_rows(vocab: int, device_type: str, dtype: torch.dtype) -> int:
+    """Rows of one loss chunk: ``CHUNK_BYTES`` over what a row of logits takes in
+    ``LinearCrossEntropy`` (fp32 logits, plus the matmul's output and the softmax's cast in
+    ``dtype`` when that is not fp32)."""
+    per_logit = 4 + (0 if dtype == torch.float32 else 2 * torch.finfo(dtype).bits // 8)
+    return max(1, CHUNK_BYTES.get(device_type, CHUNK_BYTES["cpu"]) // (vocab * per_logit))
+
+
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                          chunk: int | None = None) -> torch.Tensor:
     """Summed cross-entropy of ``hidden @ weight.T`` (N x vocab) against ``targets`` (N,)."""
     if weight.requires_grad:
         raise ValueError("linear_cross_entropy needs a frozen output head")
-    chunk = chunk or max(1, CHUNK_ELEMENTS // weight.shape[0])
+    device = hidden.device.type
+    chunk = chunk or chunk_rows(weight.shape[0], device, compute_dtype(device, hidden.dtype))
     need_grad = torch.is_grad_enabled() and hidden.requires_grad
     return LinearCrossEntropy.apply(hidden, weight, targets, chunk, need_grad)
 
@@ -241,7 +254,8 @@ class LoraLinearFunction(torch.autograd.Function):
 
 
 def _vanilla(layer) -> bool:
-    """One active adapter without a variant (DoRA...) on a frozen ``nn.Linear``."""
+    """One active adapter without a variant (DoRA...) on a frozen ``nn.Linear``: exactly that class,
+    so a quantised base (bitsandbytes ``Linear4bit`` / ``Linear8bitLt``, QLoRA) is not one."""
     active = [a for a in layer.active_adapters if a in layer.lora_A]
     base = layer.base_layer
     return (len(active) == 1 and active[0] not in layer.lora_variant
@@ -266,7 +280,8 @@ def fuse_lora_layers(model) -> int:
 
     The modules, parameters and state dict stay PEFT's (saving, loading, merging, scaling are
     unchanged); only the instance's ``forward`` is replaced, and it falls back to PEFT's own for
-    anything but one active vanilla adapter on a frozen ``nn.Linear``.
+    anything but one active vanilla adapter on a frozen ``nn.Linear``. PEFT wraps a quantised base
+    layer (QLoRA) in its own classes (``peft.tuners.lora.bnb``), which are not touched here.
     """
     from peft.tuners.lora import Linear as LoraLinear
 

@@ -131,6 +131,9 @@ def setup_run(cfg: ExperimentConfig, out_dir: str | Path, data_dir: str | Path |
     from zhtune.train.trainer import zero_stage
 
     check_probes_supported(bool(cfg.train.probes.every_steps), zero_stage(cfg.train.deepspeed))
+    if cfg.model.quantization != "none" and cfg.train.deepspeed:
+        raise UserError("model.quantization (QLoRA) and train.deepspeed do not combine here; "
+                        "use one of them")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device, _ = _device_and_dtype(cfg.model)
@@ -214,12 +217,17 @@ def setup_model(run: TrainingRun, data: TrainingData) -> TrainingModel:
 
     loaded = load_model(run.cfg.model.model_copy(update={"device": str(run.args.device)}), for_training=True)
     run.tokenizer = loaded.tokenizer
+    quantized = run.cfg.model.quantization != "none"
+    if quantized:  # QLoRA: PEFT's preparation of a 4-/8-bit base (zhtune.models.quantization)
+        from zhtune.models.quantization import prepare_for_training
+
+        loaded.model = prepare_for_training(loaded.model)
     if data.manifest["template"] == "chat":
         ensure_chat_template(run.tokenizer, run.family)  # the adapter's tokenizer speaks the trained format
     set_seed(run.cfg.train.seed)  # LoRA A matrices are drawn at random: same seed, same start
     fused = not run.cfg.train.deepspeed
     model, targets = build_peft_model(loaded.model, run.cfg, run.settings, fused=fused)
-    if fused and run.precision != "fp32":
+    if fused and run.precision != "fp32" and not quantized:
         from zhtune.train.fused import store_frozen_weights_in
 
         store_frozen_weights_in(model, autocast_dtype(run.precision))
@@ -360,10 +368,10 @@ def build_peft_model(model, cfg: ExperimentConfig, settings: dict, fused: bool =
     """Wrap ``model`` with LoRA adapters as configured; returns (peft model, target module names).
 
     ``fused``: LoRA layers run through ``zhtune.train.fused.LoraLinearFunction`` (same result,
-    a third of PEFT's activation memory), gated MLPs through ``zhtune.train.fused_mlp`` (one saved
-    tensor fewer) and packed rows through ``zhtune.train.packed_attention`` (one causal attention
-    per sample instead of a masked one over the whole row); the adapter and its state dict are
-    PEFT's either way.
+    a third of PEFT's activation memory; layers on a bitsandbytes 4-/8-bit base keep PEFT's own),
+    gated MLPs through ``zhtune.train.fused_mlp`` (one saved tensor fewer) and packed rows through
+    ``zhtune.train.packed_attention`` (one causal attention per sample instead of a masked one over
+    the whole row); the adapter and its state dict are PEFT's either way.
 
     Also turns the KV cache off: packed rows rely on the block-diagonal mask that transformers
     derives from ``position_ids``, and it only does so when no cache is in use (with the cache on,

@@ -10,10 +10,18 @@ needed (the causal half of each sample's block). Here each sample's slice of the
 The slices are taken with ``split`` and put back with ``cat``, so that the backward pass
 concatenates gradients instead of adding each slice's gradient into a zero tensor of the row.
 
+On a CUDA GPU with FlashAttention-2 installed (``flash_attn``) and bf16/fp16 tensors, the whole
+batch runs as one ``flash_attn_varlen_func`` call over the samples' boundaries (``cu_seqlens``)
+instead: no Python loop over samples, grouped key-value heads read in place. Either way the sample
+boundaries are read from the device once per batch (``_Runs``), not once per layer: the 30 or so
+layers of a forward pass, and their recomputation under gradient checkpointing, reuse them.
+
 Anything else (an attention mask, a KV cache, sliding windows, attention dropout) runs
 transformers' own sdpa, with the mask transformers builds.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -23,11 +31,13 @@ NAME = "zhtune_packed"
 
 class _Runs:
     """The run lengths of the last position ids seen: the 30 or so layers of a forward pass read the
-    same tensor, which is then read back from the device once, not once per layer."""
+    same tensor, which is then read back from the device once, not once per layer. ``cu_seqlens``:
+    the same boundaries as FlashAttention's cumulative offsets over the flattened batch, made once."""
 
     source: torch.Tensor | None = None
     version = -1
     lengths: list[list[int]] = []
+    cu: tuple | None = None  # (lengths object, rows, device, cu_seqlens tensor, longest sample)
 
     @classmethod
     def get(cls, position_ids: torch.Tensor) -> list[list[int]]:
@@ -37,6 +47,30 @@ class _Runs:
             cls.source, cls.version = position_ids, position_ids._version
             cls.lengths = sample_lengths(position_ids)
         return cls.lengths
+
+    @classmethod
+    def cu_seqlens(cls, lengths: list[list[int]], rows: int, device) -> tuple[torch.Tensor, int]:
+        if not (cls.cu and cls.cu[0] is lengths and cls.cu[1] == rows and cls.cu[2] == device):
+            flat = [n for row in (lengths * rows if len(lengths) == 1 else lengths) for n in row]
+            offsets = torch.tensor([0, *flat], dtype=torch.int32).cumsum(0, dtype=torch.int32)
+            cls.cu = (lengths, rows, device, offsets.to(device, non_blocking=True), max(flat))
+        return cls.cu[3], cls.cu[4]
+
+
+@functools.lru_cache(maxsize=1)
+def _flash_varlen():
+    """FlashAttention-2's ``flash_attn_varlen_func`` when ``flash_attn`` is installed, else None."""
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except ImportError:
+        return None
+    return flash_attn_varlen_func
+
+
+def _use_varlen(query: torch.Tensor) -> bool:
+    """FlashAttention-2 runs on CUDA in half precision, head dimension up to 256."""
+    return (query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and query.shape[-1] <= 256
+            and _flash_varlen() is not None)
 
 
 def sample_lengths(position_ids: torch.Tensor) -> list[list[int]]:
@@ -65,6 +99,8 @@ def packed_attention(module, query, key, value, attention_mask, scaling=None, dr
                                       dropout=dropout, position_ids=position_ids, **kwargs)
     gqa = getattr(module, "num_key_value_groups", 1) > 1  # the fused kernels read shared heads
     lengths = _Runs.get(position_ids)
+    if _use_varlen(query):
+        return _varlen(query, key, value, lengths, scaling), None
     if len(lengths) == 1 and query.shape[0] > 1:  # one row of positions for the whole batch
         lengths = lengths * query.shape[0]
     if query.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
@@ -86,6 +122,15 @@ def _per_sample(query, key, value, lengths: list[list[int]], scaling, gqa: bool)
                                                   enable_gqa=gqa).transpose(1, 2)
                    for qs, ks, vs in zip(q.split(runs, 2), k.split(runs, 2), v.split(runs, 2))]
     return torch.cat(pieces, dim=1).view(query.shape[0], query.shape[2], *pieces[0].shape[2:])
+
+
+def _varlen(query, key, value, lengths: list[list[int]], scaling) -> torch.Tensor:
+    """(B, L, H, D): FlashAttention-2 over every sample of the flattened batch in one call."""
+    b, h, length, d = query.shape
+    cu, longest = _Runs.cu_seqlens(lengths, b, query.device)
+    flat = [t.transpose(1, 2).reshape(b * length, t.shape[1], d) for t in (query, key, value)]
+    out = _flash_varlen()(*flat, cu, cu, longest, longest, dropout_p=0.0, softmax_scale=scaling, causal=True)
+    return out.view(b, length, h, d)
 
 
 def packed_mask(*args, attention_mask=None, q_length=None, kv_length=None, q_offset=0, kv_offset=0,
