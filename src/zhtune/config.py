@@ -196,6 +196,12 @@ class SweepConfig(_Section):
     # A point whose worker or job died (killed, node lost) starts again from its last checkpoint
     # this many times before it is reported as failed.
     max_retries: int = Field(2, ge=0)
+    criterion: Literal["chinese_gain", "english_forgetting"] = Field("chinese_gain", description=(
+        "What 'best' means when the sweep compares its settings with each other (paired, on the same "
+        "questions): the most Chinese gain or the least English forgetting. A best setting is named only "
+        "when it beats every other beyond the margin (analysis.gain_margin / analysis.forgetting_margin) "
+        "with the multiplicity over the grid controlled; otherwise the settings that cannot be told apart "
+        "are listed."))
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
 
 
