@@ -104,9 +104,9 @@ def pairwise(correct: np.ndarray, cluster: np.ndarray, strata: np.ndarray, confi
     and t differ), and ``n`` (questions)."""
     y = np.asarray(correct, dtype=float)
     groups = len(strata)
-    right = np.stack([y[..., cluster == g].sum(axis=-1) for g in range(groups)], axis=-1)  # (..., k, G)
-    both = np.stack([(lambda yg: yg @ np.swapaxes(yg, -1, -2))(y[..., cluster == g])
-                     for g in range(groups)], axis=-1)  # (..., k, k, G): both right
+    members = [y[..., cluster == g] for g in range(groups)]  # (..., k, questions of cluster g)
+    right = np.stack([yg.sum(axis=-1) for yg in members], axis=-1)  # (..., k, G)
+    both = np.stack([yg @ np.swapaxes(yg, -1, -2) for yg in members], axis=-1)  # (..., k, k, G): both right
     only_s = right[..., :, None, :] - both  # s right, t wrong
     only_t = np.swapaxes(only_s, -2, -3)  # t right, s wrong
     size = np.bincount(cluster, minlength=groups).astype(float)
@@ -181,7 +181,7 @@ class GridVerdict:
         tied = "" if len(self.leaders) == 1 else f" ({len(self.leaders)} share the highest estimate)"
         return (f"No setting is distinguishable at this number of questions ({self.n_questions}): "
                 f"{len(self.confidence_set)} of {len(self.settings)} settings cannot be told apart from the "
-                f"best{tied} on {self.label.lower()} (family-wise alpha {self.alpha:g}, margin "
+                f"best{tied} on {self.label} (family-wise alpha {self.alpha:g}, margin "
                 f"{self.margin:g} points).")
 
     def to_dict(self) -> dict:
