@@ -67,6 +67,7 @@ def register(app: typer.Typer) -> None:
         cpus: Optional[int] = typer.Option(None, "--cpus-per-point", help=flag_help("sweep.cpus_per_point", "Ray / Slurm: CPUs per point")),
         partition: Optional[str] = typer.Option(None, "--partition", help="Slurm partition (default: sweep.slurm.partition)."),
         time_min: Optional[int] = typer.Option(None, "--time-min", help=flag_help("sweep.slurm.time_min", "Slurm: time limit of one point's job, minutes")),
+        criterion: Optional[str] = typer.Option(None, "--criterion", help=flag_help("sweep.criterion", "What 'best' means: chinese_gain or english_forgetting")),
     ):
         """Run a grid of LoRA settings (one shared baseline) and write results.csv/.md and a Pareto plot.
 
@@ -81,7 +82,7 @@ def register(app: typer.Typer) -> None:
         options = {"output.dir": output_dir, "sweep.launcher": launcher, "sweep.address": address,
                    "sweep.max_retries": max_retries, "sweep.gpus_per_point": gpus,
                    "sweep.cpus_per_point": cpus, "sweep.slurm.partition": partition,
-                   "sweep.slurm.time_min": time_min}
+                   "sweep.slurm.time_min": time_min, "sweep.criterion": criterion}
         plain += [f"{key}={value}" for key, value in options.items() if value is not None]
         cfg = resolve_config(config, overrides=plain)
         try:
@@ -90,8 +91,11 @@ def register(app: typer.Typer) -> None:
         except KeyboardInterrupt:  # the sweep cancelled its jobs and said so
             raise typer.Exit(130)
         out = Path(cfg.output.dir)
-        console.print((out / "results.md").read_text(encoding="utf-8"))
-        console.print(f"[bold green]results:[/] {out / 'results.csv'}  {out / 'pareto.png'}")
+        conclusion = (summary.get("grid") or {}).get("conclusion")
+        if conclusion:  # the settings, intervals, pairs and factor effects are in results.md
+            console.print(conclusion, markup=False)
+        console.print(f"[bold green]results:[/] {out / 'results.md'}  {out / 'results.csv'}  {out / 'pareto.png'}  "
+                      f"{out / 'learning_forgetting.png'}")
         if summary["failed"]:
             raise typer.Exit(1)
 
