@@ -80,6 +80,8 @@ def probe_path(point: SweepPoint) -> list[dict]:
     for r in sorted((r for r in rows if "step" in r), key=lambda r: (r["step"], not r.get("baseline"))):
         gain, gain_ci = _pooled(base, r, zh, sizes, sign=1.0)
         forgetting, forgetting_ci = _pooled(base, r, en, sizes, sign=-1.0)
+        if r.get("baseline"):  # the untrained model against itself: no change, by definition
+            gain_ci = forgetting_ci = None
         out.append({"label": r["step"], "chinese_gain": gain, "chinese_gain_ci": gain_ci,
                     "english_forgetting": forgetting, "english_forgetting_ci": forgetting_ci})
     return out

@@ -157,7 +157,7 @@ def best_section(evidence: dict) -> list[str]:
             out.append(f"| {p['a']} | {p['b']} | {_pts(p['advantage_a_minus_b'])} [{_pts(p['low'])}, "
                        f"{_pts(p['high'])}] | {p['p']:.3g} | {100 * p['discordance']:.1f}% |")
         out += ["", "</details>"]
-    out += [f"- {note}" for note in v.notes]
+    out += [""] + [f"- {note}" for note in v.notes] if v.notes else []
     return out
 
 
