@@ -25,7 +25,7 @@ does not change when the settings are listed in another order.
 **What each factor does** (a grid axis such as lora.rank): per level, the Chinese gain and English
 forgetting averaged over the settings at that level (each question's correctness averaged over them,
 so the other factors are averaged out on a full grid), and the change against the first level, each
-with a cluster-robust interval (subjects as units: ``stats.paired_ratio_interval``) and BH q-values
+with the clustered Tango interval on fractional paired counts (never of zero width) and BH q-values
 over the contrasts of one figure.
 
 Functions take per-question arrays and broadcast over leading axes, so the simulation tests run
@@ -38,8 +38,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from zhtune.analysis.stats import (bh_qvalues, clustered_interval, clustered_score_p, paired_ratio_interval,
-                                   questions_needed, tango_interval)
+from zhtune.analysis.stats import (bh_qvalues, clustered_interval, clustered_score_p, questions_needed,
+                                   tango_interval)
 from zhtune.errors import UserError
 
 ALPHA = 0.05  # family-wise error of the grid's decision
@@ -217,8 +217,12 @@ def compare_settings(answers: Answers, criterion: str, margin: float, alpha: flo
         i = names.index(s)
         # The strongest other setting; among equals, each is reported (none is preferred by order).
         rival_score = max(score[t] for t in names if t != s)
-        for t in sorted(t for t in names if t != s and score[t] == rival_score):
-            separation.append(_separation(pw, i, names.index(t), names, margin, alpha, k))
+        rivals = [_separation(pw, i, names.index(t), names, margin, alpha, k)
+                  for t in sorted(t for t in names if t != s and score[t] == rival_score)]
+        # Among rivals with the same estimate, the one needing the most questions (the answer for all
+        # of them); the name only orders equal rows for display.
+        hardest = max(rivals, key=lambda r: (r["questions_to_separate"] or 0, -r["low"]))
+        separation.append({**hardest, "rivals_tied": len(rivals) - 1})
     best = names[int(np.argmax(named))] if named.any() else None
     if best is not None:  # its closest rival first
         separation = [r for r in separation if r["setting"] == best]
@@ -257,45 +261,49 @@ def factor_levels(values: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
     return {k: v for k, v in axes.items() if len(v) > 1}
 
 
-def _subject_sums(x: np.ndarray, cluster: np.ndarray, groups: int) -> np.ndarray:
-    return np.bincount(cluster, weights=x, minlength=groups)
+def _paired_figure(before: np.ndarray, after: np.ndarray, cluster: np.ndarray, strata: np.ndarray,
+                   sign: float) -> dict:
+    """The change after - before (per-question shares of right answers, each in [0, 1]) in points in
+    the figure's direction, with the clustered 95% Tango interval on fractional paired counts:
+    b = sum before (1 - after), c = sum after (1 - before), so that c - b is the change exactly and
+    b + c the discordance of one setting drawn from each side (at least the variance of the averaged
+    change: conservative). Like every interval of the project it never has zero width."""
+    groups = len(strata)
+    n = np.bincount(cluster, minlength=groups).astype(float)
+    b = np.bincount(cluster, weights=before * (1 - after), minlength=groups)
+    c = np.bincount(cluster, weights=after * (1 - before), minlength=groups)
+    low, high, deff = clustered_interval(strata, n, b, c, 0.95)
+    change = (c.sum() - b.sum()) / n.sum()
+    lo, hi = sorted((sign * 100 * float(low), sign * 100 * float(high)))
+    return {"change": sign * 100 * float(change) + 0.0, "low": lo + 0.0, "high": hi + 0.0,
+            "p": float(clustered_score_p(b.sum(), c.sum(), deff)), "design_effect": float(deff)}
 
 
 def level_effects(answers: Answers, values: Sequence[dict[str, Any]], *, sign: float) -> list[dict]:
     """Per factor and level: the figure (``sign`` +1 for a gain tuned - base, -1 for forgetting
     base - tuned) averaged over the settings at that level, and its change against the first level,
-    in points with 95% intervals (subjects as units) and BH q over the figure's contrasts."""
+    in points with 95% intervals (clustered by subject) and BH q over the figure's contrasts."""
     if answers.base is None:
         raise UserError("grid: the factor effects need the base model's answers")
     cluster, strata = clusters(answers.subject, answers.benchmark)
-    groups = len(strata)
-    weight = np.bincount(cluster, minlength=groups).astype(float)
-    base = _subject_sums(np.asarray(answers.base, dtype=float), cluster, groups)
+    base = np.asarray(answers.base, dtype=float)
     rows = []
     for factor, levels in factor_levels(values).items():
-        means = {}
+        share = {}
         for level in levels:
             members = [i for i, v in enumerate(values) if v.get(factor) == level]
-            means[level] = _subject_sums(answers.correct[members].mean(axis=0), cluster, groups)
-        counts = {lv: sum(v.get(factor) == lv for v in values) for lv in levels}
+            share[level] = answers.correct[members].mean(axis=0)  # each question's share of right answers
         for level in levels:
-            vs_base = _oriented(paired_ratio_interval(base, means[level], weight), sign)
             vs_ref = (None if level == levels[0]
-                      else _oriented(paired_ratio_interval(means[levels[0]], means[level], weight), sign))
-            rows.append({"factor": factor, "level": level, "settings": counts[level], **vs_base,
+                      else _paired_figure(share[levels[0]], share[level], cluster, strata, sign))
+            rows.append({"factor": factor, "level": level,
+                         "settings": sum(v.get(factor) == level for v in values),
+                         **_paired_figure(base, share[level], cluster, strata, sign),
                          "reference": levels[0], "vs_reference": vs_ref})
-    contrasts = [r["vs_reference"] for r in rows if r["vs_reference"] and r["vs_reference"]["p"] is not None]
+    contrasts = [r["vs_reference"] for r in rows if r["vs_reference"]]
     for r, q in zip(contrasts, bh_qvalues(np.array([c["p"] for c in contrasts], dtype=float))):
         r["q"] = float(q)
     return rows
-
-
-def _oriented(result: dict, sign: float) -> dict:
-    """paired_ratio_interval's change (a fraction, tuned - base) as points in the figure's direction."""
-    if result["change"] is None:
-        return {"change": None, "low": None, "high": None, "p": None}
-    lo, hi = sorted((sign * 100 * result["low"], sign * 100 * result["high"]))
-    return {"change": sign * 100 * result["change"] + 0.0, "low": lo + 0.0, "high": hi + 0.0, "p": result["p"]}
 
 
 def factor_effects(answers: Answers, values: Sequence[dict[str, Any]], chinese: Sequence[str],

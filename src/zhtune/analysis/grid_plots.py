@@ -87,11 +87,14 @@ def plot_learning_forgetting(by_level: Sequence[dict], by_step: dict[str, list[d
     if by_level:
         left.plot([p["english_forgetting"] for p in by_level], [p["chinese_gain"] for p in by_level],
                   color=IN_SET, lw=1.2, zorder=1)
+        at: dict[tuple[float, float], list[str]] = {}
         for p in by_level:
             _errorbar(left, p["english_forgetting"], p["chinese_gain"], p.get("english_forgetting_ci"),
                       p.get("chinese_gain_ci"), color=IN_SET, capthick=1, lw=1)
-            left.annotate(f"{name} {p['label']}", (p["english_forgetting"], p["chinese_gain"]),
-                          textcoords="offset points", xytext=(6, 5), fontsize=9)
+            at.setdefault((p["english_forgetting"], p["chinese_gain"]), []).append(str(p["label"]))
+        for (x, y), levels in at.items():  # levels with equal results share one label
+            left.annotate(f"{name} {', '.join(levels)}", (x, y), textcoords="offset points", xytext=(6, 5),
+                          fontsize=9)
         left.set_title(f"over {name} (each level averaged over the other factors)", fontsize=10)
     else:
         left.set_title(f"over {name}: the grid has no {factor} axis", fontsize=10)

@@ -144,7 +144,8 @@ def best_section(evidence: dict) -> list[str]:
             needed = s["questions_to_separate"]
             needed = (f"{needed} (a difference of {s['difference_to_detect']:.1f})" if needed
                       else "no number (identical answers, margin 0)")
-            out.append(f"| {s['setting']} | {v.score[s['setting']]:.1f} | {s['rival']} | "
+            rival = s["rival"] + (f" (and {s['rivals_tied']} more with the same estimate)" if s["rivals_tied"] else "")
+            out.append(f"| {s['setting']} | {v.score[s['setting']]:.1f} | {rival} | "
                        f"{_pts(s['advantage'])} [{_pts(s['low'])}, {_pts(s['high'])}] | "
                        f"{100 * s['discordance']:.1f}% | {s['design_effect']:.2f} | {needed} |")
         out += ["", f"Questions to separate: of the criterion's benchmarks (now {v.n_questions}), for McNemar's test "
@@ -169,8 +170,8 @@ def factor_section(evidence: dict) -> list[str]:
         return []
     out = ["## What each factor does", "",
            "Each level averaged over the settings at that level (each question's correctness averaged), "
-           "against the base model and against the factor's first level; 95% intervals with subjects as the "
-           "units (cluster-robust), q = Benjamini-Hochberg over the contrasts of one figure."]
+           "against the base model and against the factor's first level; 95% intervals clustered by subject "
+           "(Tango on the averaged answers), q = Benjamini-Hochberg over the contrasts of one figure."]
     if not evidence["balanced"]:
         out.append("The grid is incomplete (a point failed or the grid is not a full product): a level's "
                    "average does not average the other factors out evenly.")
