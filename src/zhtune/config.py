@@ -226,6 +226,12 @@ class SweepConfig(_Section):
     cpus_per_point: int = Field(1, gt=0, description="Ray / Slurm: CPUs per point.")
     max_retries: int = Field(2, ge=0, description=(
         "Restarts (from the last checkpoint) of a point whose worker or job died, before it is reported failed."))
+    criterion: Literal["chinese_gain", "english_forgetting"] = Field("chinese_gain", description=(
+        "What 'best' means when the sweep compares its settings with each other (paired, on the same "
+        "questions): the most Chinese gain or the least English forgetting. A best setting is named only "
+        "when it beats every other beyond the margin (analysis.gain_margin / analysis.forgetting_margin) "
+        "with the multiplicity over the grid controlled; otherwise the settings that cannot be told apart "
+        "are listed."))
     slurm: SlurmConfig = Field(default_factory=SlurmConfig, description="Slurm job settings.")
 
 

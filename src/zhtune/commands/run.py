@@ -79,6 +79,7 @@ def register(app: typer.Typer) -> None:
         time_min: Optional[int] = typer.Option(None, "--time-min", help=flag_help("sweep.slurm.time_min")),
         report_to: Optional[str] = typer.Option(None, "--report-to", help=flag_help("tracking.backend")),
         nproc: Optional[int] = typer.Option(None, "--nproc", min=1, help=flag_help("train.num_processes")),
+        criterion: Optional[str] = typer.Option(None, "--criterion", help=flag_help("sweep.criterion")),
     ):
         """Run a grid of LoRA settings (one shared baseline) and write results.csv/.md and a Pareto plot.
 
@@ -94,7 +95,7 @@ def register(app: typer.Typer) -> None:
                    "sweep.max_retries": max_retries, "sweep.gpus_per_point": gpus,
                    "sweep.cpus_per_point": cpus, "sweep.slurm.partition": partition,
                    "sweep.slurm.time_min": time_min, "tracking.backend": report_to,
-                   "train.num_processes": nproc}
+                   "train.num_processes": nproc, "sweep.criterion": criterion}
         plain += [f"{key}={value}" for key, value in options.items() if value is not None]
         cfg = resolve_config(config, overrides=plain)
         try:
@@ -103,8 +104,11 @@ def register(app: typer.Typer) -> None:
         except KeyboardInterrupt:  # the sweep cancelled its jobs and said so
             raise typer.Exit(130)
         out = Path(cfg.output.dir)
-        console.print((out / "results.md").read_text(encoding="utf-8"))
-        console.print(f"[bold green]results:[/] {out / 'results.csv'}  {out / 'pareto.png'}")
+        conclusion = (summary.get("grid") or {}).get("conclusion")
+        if conclusion:  # the settings, intervals, pairs and factor effects are in results.md
+            console.print(conclusion, markup=False)
+        console.print(f"[bold green]results:[/] {out / 'results.md'}  {out / 'results.csv'}  {out / 'pareto.png'}  "
+                      f"{out / 'learning_forgetting.png'}")
         if summary["failed"]:
             raise typer.Exit(1)
 

@@ -9,7 +9,8 @@ finds it in the shared cache. Where points run is the launcher's business (``swe
   point.py     what a worker runs: one point, or the baseline (same function for every launcher)
   launcher.py  the Launcher interface;  local.py, ray_launcher.py, slurm.py implement it
   progress.py  the per-point lines and the progress bar
-  results.py   results.csv/.md, the Pareto front and plot, the best settings
+  results.py   results.csv/.md, the Pareto front, the trade-off and learning-forgetting charts
+  evidence.py  the points' answers to analysis.grid: which setting is best (or that none is), factor effects
 """
 from zhtune.sweep.grid import expand_grid, point_name, split_grid_overrides
 from zhtune.sweep.results import pareto_front

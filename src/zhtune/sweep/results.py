@@ -1,4 +1,5 @@
-"""A sweep's results: one row per grid point, the Pareto front, the best settings, the plot."""
+"""A sweep's results: one row per grid point with its intervals, the Pareto front, which setting is best
+and with what evidence (``zhtune.analysis.grid``), what each factor does, the charts."""
 from __future__ import annotations
 
 import csv
@@ -54,42 +55,151 @@ def pareto_front(rows: list[dict]) -> list[str]:
     return front_of([r for r in rows if r.get("status") == "done"], label="run")
 
 
-def write_results(out_root: Path, rows: list[dict], failed: dict[str, str]) -> dict:
-    """results.csv, results.md (table, best settings, failed points and why), pareto.png/.svg and
-    sweep.json, each written atomically."""
-    from zhtune.analysis.plots import plot_pareto
+def write_results(out_root: Path, rows: list[dict], failed: dict[str, str],
+                  evidence: dict | None = None) -> dict:
+    """results.csv, results.md (the settings with their intervals, which setting is best and with
+    what evidence, what each factor does, failed points and why), pareto.png/.svg (the trade-off with
+    intervals on both axes), learning_forgetting.png/.svg and sweep.json, each written atomically.
+    ``evidence``: :func:`zhtune.sweep.evidence.grid_evidence` (None: no point finished)."""
+    from zhtune.analysis.grid_plots import plot_grid_tradeoff, plot_learning_forgetting
 
     front = pareto_front(rows)
     done = [r for r in rows if r.get("status") == "done"]
-    # Best: the most Chinese gain among Pareto runs whose English forgetting is not significant
-    # (interval reaches zero or above); failing that, the best gain-minus-forgetting.
-    safe = [r for r in done if r["run"] in front and r["english_forgetting_ci"][0] <= 0]
-    best = max(safe or done, key=lambda r: (r["chinese_gain"] - (0 if safe else r["english_forgetting"])),
-               default=None)
+    verdict = evidence["verdict"] if evidence else None
+    in_set = set(verdict.confidence_set) if verdict else set()
     columns = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns + ["pareto"])
+    writer = csv.DictWriter(buf, fieldnames=columns + ["pareto", "in_best_set", "named_best"])
     writer.writeheader()
     for r in rows:
-        writer.writerow({**r, "pareto": r["run"] in front})
+        writer.writerow({**r, "pareto": r["run"] in front, "in_best_set": r["run"] in in_set,
+                         "named_best": bool(verdict and verdict.best == r["run"])})
     atomic_write_text(out_root / "results.csv", buf.getvalue())
-    md = ["| " + " | ".join(columns + ["pareto"]) + " |", "|" + "---|" * (len(columns) + 1)]
-    for r in rows:
-        md.append("| " + " | ".join(_fmt(r.get(c)) for c in columns) + f" | {'yes' if r['run'] in front else ''} |")
-    if best:
-        md.append(f"\nBest settings: **{best['run']}** (Chinese gain {best['chinese_gain']:+.2f} points, "
-                  f"English forgetting {best['english_forgetting']:+.2f} points).")
+
+    md = [f"# Sweep results: {len(rows)} settings", ""]
+    if verdict:
+        md += [f"**{verdict.sentence()}**", ""]
+    md += ["## Settings", "", "Chinese gain = tuned - base accuracy on the Chinese benchmarks, English forgetting = "
+           "base - tuned on the English ones, in points with 95% intervals (each setting against the base "
+           "model, paired, clustered by subject). Pareto: not beaten on both point estimates by another "
+           "setting (a description, not evidence). In the best set: cannot be told apart from the best.", ""]
+    md += settings_table(rows, columns, front, in_set)
+    if evidence:
+        md += [""] + best_section(evidence) + [""] + factor_section(evidence)
+        md += ["", "## Charts", "", "![gain vs forgetting](pareto.png)", "",
+               "![learning-forgetting curve](learning_forgetting.png)"]
     if failed:
-        md.append("\nFailed runs:\n" + "\n".join(f"- {name}: {why}" for name, why in failed.items()))
+        md += ["", "## Failed runs", ""] + [f"- {name}: {why}" for name, why in failed.items()]
     atomic_write_text(out_root / "results.md", "\n".join(md) + "\n")
     if done:
-        plot_pareto([{"label": r["run"], "chinese_gain": r["chinese_gain"],
-                      "english_forgetting": r["english_forgetting"]} for r in done],
-                    out_root / "pareto")
-    summary = {"runs": rows, "pareto": front, "best": best["run"] if best else None,
-               "failed": list(failed), "failures": failed}
+        plot_grid_tradeoff([{"label": r["run"], **{k: r[k] for k in (
+            "chinese_gain", "chinese_gain_ci", "english_forgetting", "english_forgetting_ci")}} for r in done],
+            out_root / "pareto", confidence_set=sorted(in_set), best=verdict.best if verdict else None,
+            criterion=verdict.label if verdict else "")
+    if evidence:
+        plot_learning_forgetting(evidence["by_rank"], evidence["probes"], out_root / "learning_forgetting",
+                                 factor=evidence["rank_axis"] or "lora.rank")
+    summary = {"runs": rows, "pareto": front, "best": verdict.best if verdict else None,
+               "best_set": verdict.confidence_set if verdict else [], "failed": list(failed), "failures": failed}
+    if evidence:
+        summary.update(grid=verdict.to_dict(), factor_effects=evidence["effects"], balanced=evidence["balanced"],
+                       learning_by_rank=evidence["by_rank"], probes=evidence["probes"])
     atomic_write_json(out_root / "sweep.json", summary)
     return summary
+
+
+def settings_table(rows: list[dict], columns: list[str], front: list[str], in_set: set[str]) -> list[str]:
+    """One line per setting: its axes, status, the two figures with their intervals, the rest."""
+    figures = ("chinese_gain", "chinese_gain_ci", "english_forgetting", "english_forgetting_ci")
+    rest = [c for c in columns if c not in figures]
+    head = rest[:rest.index("status") + 1] if "status" in rest else rest
+    tail = [c for c in rest if c not in head]
+    names = head + ["Chinese gain [95% CI]", "English forgetting [95% CI]"] + tail + ["pareto", "in best set"]
+    out = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    for r in rows:
+        cells = [_fmt(r.get(c)) for c in head] + [_figure(r, "chinese_gain"), _figure(r, "english_forgetting")]
+        cells += [_fmt(r.get(c)) for c in tail]
+        cells += ["yes" if r["run"] in front else "", "yes" if r["run"] in in_set else ""]
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def best_section(evidence: dict) -> list[str]:
+    """Which setting is best: the criterion, the decision, the settings that cannot be told apart
+    and the questions that would separate them, and every pair."""
+    v = evidence["verdict"]
+    bench = ", ".join(evidence["chinese_benchmarks" if v.criterion == "chinese_gain" else "english_benchmarks"])
+    out = ["## Best settings (settings compared with each other, paired)", "",
+           f"Criterion: {v.label} ({bench}, {v.n_questions} questions), margin {v.margin:g} points "
+           f"(sweep.criterion; analysis.{'gain' if v.criterion == 'chinese_gain' else 'forgetting'}_margin). "
+           f"Family-wise alpha {v.alpha:g} over {len(v.settings)} settings: every pair is compared on the same "
+           f"questions, with simultaneous {100 * v.simultaneous_confidence:.1f}% intervals (one-sided "
+           f"{100 * v.alpha / max(len(v.settings) - 1, 1):.2g}% per comparison). A best setting is named only "
+           "when it beats every other beyond the margin; otherwise the settings no other one beats are "
+           "listed. Nothing is decided by order.", "", v.sentence(), ""]
+    if v.separation:
+        title = "Its closest rival" if v.best else "Cannot be told apart from the best"
+        out += [f"{title}:", "", "| setting | accuracy | strongest rival | advantage [simultaneous CI] | "
+                "answers differ | design effect | questions to separate |", "|---|---|---|---|---|---|---|"]
+        for s in v.separation:
+            needed = s["questions_to_separate"]
+            needed = (f"{needed} (a difference of {s['difference_to_detect']:.1f})" if needed
+                      else "no number (identical answers, margin 0)")
+            rival = s["rival"] + (f" (and {s['rivals_tied']} more with the same estimate)" if s["rivals_tied"] else "")
+            out.append(f"| {s['setting']} | {v.score[s['setting']]:.1f} | {rival} | "
+                       f"{_pts(s['advantage'])} [{_pts(s['low'])}, {_pts(s['high'])}] | "
+                       f"{100 * s['discordance']:.1f}% | {s['design_effect']:.2f} | {needed} |")
+        out += ["", f"Questions to separate: of the criterion's benchmarks (now {v.n_questions}), for McNemar's test "
+                "at the same per-comparison alpha with 80% power, at the pair's observed discordance times its "
+                "design effect; the difference to detect is the larger of the observed one and the margin."]
+    if v.pairs:
+        out += ["", "<details><summary>Every pair</summary>", "",
+                "| a | b | a - b [simultaneous CI] | p (unadjusted) | answers differ |", "|---|---|---|---|---|"]
+        for p in v.pairs:
+            out.append(f"| {p['a']} | {p['b']} | {_pts(p['advantage_a_minus_b'])} [{_pts(p['low'])}, "
+                       f"{_pts(p['high'])}] | {p['p']:.3g} | {100 * p['discordance']:.1f}% |")
+        out += ["", "</details>"]
+    out += [""] + [f"- {note}" for note in v.notes] if v.notes else []
+    return out
+
+
+def factor_section(evidence: dict) -> list[str]:
+    """Per factor level: the figures averaged over the other factors, and the change against the
+    first level, with intervals and BH q."""
+    effects = evidence["effects"]
+    if not any(effects.values()):
+        return []
+    out = ["## What each factor does", "",
+           "Each level averaged over the settings at that level (each question's correctness averaged), "
+           "against the base model and against the factor's first level; 95% intervals clustered by subject "
+           "(Tango on the averaged answers), q = Benjamini-Hochberg over the contrasts of one figure."]
+    if not evidence["balanced"]:
+        out.append("The grid is incomplete (a point failed or the grid is not a full product): a level's "
+                   "average does not average the other factors out evenly.")
+    for figure, rows in effects.items():
+        label = "Chinese gain" if figure == "chinese_gain" else "English forgetting"
+        out += ["", f"**{label}** (points)", "", "| factor | level | settings | average [95% CI] | "
+                "change vs first level [95% CI] | q |", "|---|---|---|---|---|---|"]
+        for r in rows:
+            ref = r["vs_reference"]
+            change = ("reference" if ref is None else "n/a" if ref["change"] is None
+                      else f"{_pts(ref['change'])} [{_pts(ref['low'])}, {_pts(ref['high'])}]")
+            q = "" if ref is None or "q" not in ref else f"{ref['q']:.2g}"
+            avg = "n/a" if r["change"] is None else f"{_pts(r['change'])} [{_pts(r['low'])}, {_pts(r['high'])}]"
+            out.append(f"| {r['factor']} | {r['level']} | {r['settings']} | {avg} | {change} | {q} |")
+    return out
+
+
+def _figure(r: dict, name: str) -> str:
+    if r.get(name) is None:
+        return ""
+    lo, hi = r[f"{name}_ci"]
+    return f"{_pts(r[name])} [{_pts(lo)}, {_pts(hi)}]"
+
+
+def _pts(x: float) -> str:
+    text = f"{x:+.1f}"
+    return text[1:] if float(text) == 0 else text
 
 
 def _fmt(v: Any) -> str:

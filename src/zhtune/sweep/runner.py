@@ -10,6 +10,7 @@ from zhtune.config import ExperimentConfig, TrackingConfig
 from zhtune.artifacts import stage_is_current
 from zhtune.experiment import baseline_dir, stage_fingerprints
 from zhtune.io import default_data_dir
+from zhtune.sweep.evidence import grid_evidence
 from zhtune.sweep.grid import SweepPoint, grid_points
 from zhtune.sweep.launcher import Launcher, Running, make_launcher
 from zhtune.sweep.point import BaselineJob, Marker, PointJob, write_config
@@ -24,7 +25,8 @@ def run_sweep(cfg: ExperimentConfig, *, extra_grid: dict[str, list[Any]] | None 
               data_dir: str | Path | None = None, workers: int | None = None,
               devices: list[str] | None = None) -> dict:
     """Run every unfinished grid point with ``cfg.sweep.launcher`` and write results.csv/.md,
-    pareto.png/.svg and sweep.json into ``cfg.output.dir``. Returns the summary."""
+    pareto.png/.svg, learning_forgetting.png/.svg and sweep.json into ``cfg.output.dir``. Returns the
+    summary."""
     launcher = make_launcher(cfg.sweep, workers=workers, devices=devices)
     # Not resolved: a path that differs between nodes (a per-node symlink) must stay as given.
     out_root = Path(cfg.output.dir).absolute()
@@ -68,7 +70,12 @@ def run_sweep(cfg: ExperimentConfig, *, extra_grid: dict[str, list[Any]] | None 
                 raise
             finally:
                 launcher.close()
-    summary = write_results(out_root, collect_results(points, failed), failed)
+    rows = collect_results(points, failed)
+    margin = cfg.analysis.gain_margin if cfg.sweep.criterion == "chinese_gain" else cfg.analysis.forgetting_margin
+    # Settings compared with each other on the same questions; the best is named only with evidence.
+    evidence = grid_evidence(points, rows, baseline_dir(cfg, data) / "base", criterion=cfg.sweep.criterion,
+                             margin=margin)
+    summary = write_results(out_root, rows, failed, evidence)
     log_sweep(tracking, cfg, points, data, summary)  # tracking.backend none: does nothing
     return summary
 
