@@ -146,6 +146,10 @@ class EvalConfig(_Section):
     max_new_tokens: int = Field(256, gt=0)
     perplexity: bool = True
     perplexity_chars: int = Field(20000, ge=0)
+    control_probes: bool = Field(True, description=(
+        "Also score bits per character on a different-genre control text per language (the question "
+        "text of C-Eval test and MMLU val, never scored as benchmarks; perplexity_chars characters each), "
+        "so that a change on the seed-task probes can be told from genre adaptation."))
     adapter_scales: list[float] = Field(default_factory=lambda: [1.0])
 
 
