@@ -28,7 +28,7 @@ def utc_timestamp() -> str:
 
 
 # ----------------------------------------------------------------------------- provenance
-def _git(args: list[str], cwd: Path) -> str | None:
+def run_git(args: list[str], cwd: Path) -> str | None:
     """``git ARGS`` in ``cwd``: its stripped output, or None (no git, not a checkout, an error)."""
     try:
         done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=20)
@@ -46,13 +46,13 @@ def git_state(path: str | Path | None = None) -> dict:
     (outputs, caches); a new module only changes a result once a tracked file imports it."""
     here = Path(path) if path is not None else Path(__file__).resolve()
     folder = here if here.is_dir() else here.parent
-    if not folder.is_dir() or _git(["ls-files", "--error-unmatch", here.name if here.is_file() else "."],
+    if not folder.is_dir() or run_git(["ls-files", "--error-unmatch", here.name if here.is_file() else "."],
                                    folder) is None:
         return {"git_commit": None, "git_dirty": None}
-    commit = _git(["rev-parse", "HEAD"], folder)
+    commit = run_git(["rev-parse", "HEAD"], folder)
     if commit is None:  # a repository without commits
         return {"git_commit": None, "git_dirty": None}
-    status = _git(["status", "--porcelain", "--untracked-files=no"], folder)
+    status = run_git(["status", "--porcelain", "--untracked-files=no"], folder)
     return {"git_commit": commit, "git_dirty": None if status is None else bool(status)}
 
 

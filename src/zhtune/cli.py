@@ -21,7 +21,7 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 # Modules under zhtune.commands; each defines register(app).
-COMMAND_MODULES = ["models", "data", "train", "evaluate", "analysis", "run"]
+COMMAND_MODULES = ["models", "data", "train", "evaluate", "analysis", "run", "register"]
 
 
 def _version(value: bool):

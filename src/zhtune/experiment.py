@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 from zhtune import __version__
-from zhtune.artifacts import begin_stage, finish_stage, fingerprint, read_eval_index, stage_is_current
+from zhtune.artifacts import (begin_stage, finish_stage, fingerprint, provenance, read_eval_index,
+                              stage_is_current, utc_timestamp)
 from zhtune.config import ExperimentConfig, config_to_dict, save_resolved
 from zhtune.io import atomic_write_json, default_data_dir, zhtune_home
 
@@ -91,13 +92,16 @@ def evaluate_baseline(cfg: ExperimentConfig, data_dir: Path | None, force: bool 
 
 
 def run_experiment(cfg: ExperimentConfig, *, data_dir: str | Path | None = None,
-                   force: tuple[str, ...] = ()) -> ExperimentResult:
+                   force: tuple[str, ...] = (), registration: dict | None = None) -> ExperimentResult:
+    """All stages; ``registration``: what zhtune.registration.check_registration found, recorded in
+    experiment.json and cited by the report."""
     from zhtune.analysis.forgetting import compare_runs
     from zhtune.analysis.report import build_report
     from zhtune.data.sft import prepare_dataset
     from zhtune.eval.suite import check_eval_dtype, run_eval
     from zhtune.train.lora import train_lora
 
+    launched = utc_timestamp()
     data_dir = default_data_dir(data_dir or cfg.data.data_dir)
     if data_dir is not None:
         data_dir = data_dir.resolve()
@@ -144,12 +148,15 @@ def run_experiment(cfg: ExperimentConfig, *, data_dir: str | Path | None = None,
                                  output_dir=d, title=cfg.name, tolerance=cfg.analysis.english_tolerance,
                                  forgetting_margin=cfg.analysis.forgetting_margin,
                                  gain_margin=cfg.analysis.gain_margin,
-                                 headline_formulation=cfg.analysis.headline_formulation))
+                                 headline_formulation=cfg.analysis.headline_formulation,
+                                 registration=registration))
     atomic_write_json(out / "experiment.json", {
         "name": cfg.name, "stages": {s: d for s, d in zip(
             STAGES, map(str, (res.baseline_dir, prepared, res.train_dir, res.eval_dir,
                               res.compare_dir, res.report_dir)))},
-        "ran": res.ran, "skipped": res.skipped, "zhtune_version": __version__})
+        "ran": res.ran, "skipped": res.skipped, "zhtune_version": __version__,
+        "launched": launched, "finished": utc_timestamp(), "provenance": provenance(),
+        "registration": registration})
     return res
 
 

@@ -22,9 +22,10 @@ from zhtune.analysis.forgetting import FORGETTING_MARGIN, GAIN_MARGIN, compare_m
 from zhtune.analysis.plots import (benchmark_name, comparison_point, plot_pareto, plot_radar,
                                    plot_subject_changes, plot_training_curves, radar_series,
                                    read_training_log, subject_rows)
-from zhtune.artifacts import read_adapter_meta, utc_timestamp
+from zhtune.artifacts import provenance, read_adapter_meta, utc_timestamp
 from zhtune.errors import UserError
 from zhtune.io import atomic_write_json, atomic_write_text, read_json
+from zhtune.registration import provenance_note
 
 CATEGORY_NAMES = {"Social Science": "Social Sciences"}
 
@@ -417,7 +418,8 @@ def build_report(*, base: str | Path | None = None, tuned: Sequence[str | Path] 
                  tolerance: float = 1.0, title: str = "zhtune report",
                  forgetting_margin: float = FORGETTING_MARGIN, gain_margin: float = GAIN_MARGIN,
                  headline_formulation: str = "auto", top_subjects: int = 15,
-                 progress: Callable[[str], None] | None = None) -> dict[str, Path]:
+                 progress: Callable[[str], None] | None = None,
+                 registration: dict | None = None) -> dict[str, Path]:
     """Write report.html, report.md, report.json and the chart files into ``output_dir``.
 
     Either ``base`` and ``tuned`` evaluation folders (compared here) or ready ``comparisons``
@@ -471,7 +473,7 @@ def build_report(*, base: str | Path | None = None, tuned: Sequence[str | Path] 
 
     step("writing report")
     created = utc_timestamp()
-    footer = f"Made by zhtune {__version__} on {created}."
+    footer = f"Made by zhtune {__version__} on {created}. " + provenance_note(provenance(), registration)
     paths = {
         "html": atomic_write_text(out / "report.html", render_html(blocks, out, title, footer)),
         "md": atomic_write_text(out / "report.md", render_markdown(blocks, footer)),
@@ -482,6 +484,7 @@ def build_report(*, base: str | Path | None = None, tuned: Sequence[str | Path] 
         "training_dir": str(train_dir) if train_dir else None, "adapter": adapter,
         "figures": {f.name: {"png": f"{f.name}.png", "svg": f"{f.name}.svg", "caption": f.caption} for f in figures},
         "created": created, "zhtune_version": __version__,
+        "provenance": provenance(), "registration": registration,
     })
     for f in figures:
         paths[f.name] = out / f"{f.name}.png"

@@ -35,19 +35,25 @@ def register(app: typer.Typer) -> None:
         data_dir: Optional[str] = typer.Option(None, "--data-dir", help="Local data folder (official layout); default ZHTUNE_DATA_DIR, else the hub."),
         output_dir: Optional[str] = typer.Option(None, "--output-dir", help="Output folder (overrides output.dir)."),
         force: Optional[List[str]] = typer.Option(None, "--force", help="Redo a stage even if up to date (baseline, prepare, train, evaluate, compare, report, all). Repeatable."),
+        registration: Optional[str] = typer.Option(None, "--registration", help="The design's registration file (default: CONFIG's .registration.json beside it, when there is one)."),
+        ignore_registration: bool = typer.Option(False, "--ignore-registration", help="Run a design that differs from its registration (recorded as such)."),
     ):
         """Baseline eval -> prepare -> LoRA training -> eval -> forgetting analysis -> report.
 
         Stages whose outputs exist and were made from the same settings are skipped; an interrupted
-        run continues where it stopped when the same command is run again.
+        run continues where it stopped when the same command is run again. A config with a
+        registration (zhtune register) runs only as registered.
         """
-        from zhtune.config import resolve_config
+        from zhtune.config import config_path, resolve_config
         from zhtune.experiment import run_experiment
+        from zhtune.registration import check_registration
 
         extra = list(overrides or []) + ([f"output.dir={output_dir}"] if output_dir else [])
         cfg = resolve_config(config, overrides=extra)
+        checked = check_registration(cfg, config_path(config), registration_file=registration,
+                                     ignore_mismatch=ignore_registration)
         t0 = time.time()
-        result = run_experiment(cfg, data_dir=data_dir, force=tuple(force or ()))
+        result = run_experiment(cfg, data_dir=data_dir, force=tuple(force or ()), registration=checked)
         console.print(f"ran: {', '.join(result.ran) or '-'}; up to date: {', '.join(result.skipped) or '-'}"
                       f" ({time.time() - t0:.0f} s)")
         print_headline(result)
