@@ -220,3 +220,29 @@ def test_run_checks_and_records_the_registration(repo, tiny_llama_dir, shared_da
     summary = read_json(next((repo / "runs" / "study" / "eval").glob("*/summary.json")))
     assert summary["provenance"] == provenance()
     assert read_json(repo / "runs" / "study" / "compare" / "comparison.json")["provenance"] == provenance()
+
+
+def test_qwen_study_design_is_what_its_comments_say(shared_data, tmp_path):
+    """configs/qwen-study.yaml: the sizes and probabilities its design comments state, and the second
+    seed a registered variant that shares the first one's baseline and prepared data."""
+    from zhtune.config import config_path, resolve_config
+    from zhtune.experiment import stage_fingerprints
+
+    cfg = resolve_config("qwen-study")
+    figs = design_figures(cfg, shared_data)
+    zh, en = figs["pooled"]["zh"], figs["pooled"]["en"]
+    assert (zh["n"], en["n"], zh["margin"], en["margin"]) == (900, 450, 3.0, 3.0)
+    at = {lang: {r["discordance"]: r for r in f["at_discordance"]} for lang, f in (("zh", zh), ("en", en))}
+    assert at["zh"][0.10]["p_no_change_beyond_margin"] == pytest.approx(0.84, abs=0.005)
+    assert at["zh"][0.10]["min_detectable_change"] == pytest.approx(3.2, abs=0.05)
+    assert at["en"][0.10]["p_no_change_beyond_margin"] == pytest.approx(0.59, abs=0.005)
+    assert at["en"][0.05]["p_no_change_beyond_margin"] == pytest.approx(0.84, abs=0.005)
+    assert cfg.eval.control_probes and cfg.eval.formulation == "cloze"
+
+    reg = tmp_path / "qwen-study.registration.json"
+    register(cfg, config_path("qwen-study"), data_dir=shared_data, output=reg, allow_uncommitted=True)
+    seed7 = resolve_config("qwen-study", overrides=["train.seed=7", "output.dir=runs/qwen-study-seed7"])
+    checked = check_registration(seed7, config_path("qwen-study"), registration_file=reg)
+    assert checked["status"] == "matches" and checked["variant"] == {"train.seed": 7}
+    a, b = stage_fingerprints(cfg, shared_data), stage_fingerprints(seed7, shared_data)
+    assert a["baseline"] == b["baseline"] and a["prepare"] == b["prepare"] and a["train"] != b["train"]
