@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from zhtune.artifacts import STAGE_FINISHED, read_eval_index
+from zhtune.artifacts import STAGE_FINISHED, provenance, read_eval_index
 from zhtune.io import atomic_write_json, read_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,10 +49,17 @@ def main(run_dir: Path, dest: Path = DEST) -> None:
             shutil.copy2(src, train / src.name)
     shutil.copy2(stages["prepare"] / "manifest.json", train / "data-manifest.json")
     shutil.copy2(run_dir / "config.resolved.yaml", dest / "config.resolved.yaml")
-    timings = {name: read_json(folder / STAGE_FINISHED).get("seconds") for name, folder in stages.items()
+    markers = {name: read_json(folder / STAGE_FINISHED) for name, folder in stages.items()
                if (folder / STAGE_FINISHED).is_file()}
-    atomic_write_json(dest / "timings.json", {"seconds_by_stage": timings,
-                                              "total_seconds": sum(v for v in timings.values() if v)})
+    timings = {name: m.get("seconds") for name, m in markers.items()}
+    # when each stage finished and with which code (zhtune.artifacts.provenance), and the run's
+    # launch time and registration check (experiment.json): the record of what came first
+    atomic_write_json(dest / "timings.json", {
+        "seconds_by_stage": timings, "total_seconds": sum(v for v in timings.values() if v),
+        "finished_by_stage": {name: m.get("finished") for name, m in markers.items()},
+        "provenance_by_stage": {name: m.get("provenance") for name, m in markers.items()},
+        "launched": experiment.get("launched"), "registration": experiment.get("registration"),
+        "provenance": provenance()})
     check = check_in_browser(dest / "report" / "report.html", dest / "report-screenshot.png")
     print(f"collected into {dest}; report images {check.images}, broken {check.broken}")
 

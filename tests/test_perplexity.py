@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from zhtune.errors import UserError
-from zhtune.eval.perplexity import _windows, bits_per_char, conditioning_token, probe_texts
+from zhtune.eval.perplexity import (_windows, bits_per_char, conditioning_token, control_texts,
+                                    probe_description, probe_texts)
 
 
 def _load(path):
@@ -152,3 +153,42 @@ def test_probe_texts_errors(tmp_path):
         probe_texts("en", tmp_path)
     with pytest.raises(UserError, match="language"):
         probe_texts("fr", tmp_path)
+
+
+@pytest.mark.parametrize("max_chars", [300, 20000])
+def test_control_texts_sizes_and_languages(shared_data, max_chars):
+    zh, en = control_texts("zh", shared_data, max_chars), control_texts("en", shared_data, max_chars)
+    assert sum(map(len, zh)) == max_chars and sum(map(len, en)) == max_chars
+    # C-Eval STEM questions carry LaTeX: Chinese is most, not nearly all, of the letters
+    assert _cjk_fraction("".join(zh)) > 0.6 and _cjk_fraction("".join(en)) < 0.01
+    assert control_texts("zh", shared_data, max_chars) == zh  # deterministic
+    assert not set(zh) & set(probe_texts("zh", shared_data, 10**7))  # another genre, other texts
+
+
+def test_control_texts_are_unscored_questions_round_robin(shared_data):
+    """C-Eval test (no labels) and MMLU val: question then options, no answer, one subject after another."""
+    from zhtune.data.benchmarks import load_benchmark
+
+    texts = control_texts("en", shared_data, 10**7)
+    val = load_benchmark("mmlu", "val", data_dir=shared_data)
+    assert len(texts) == len(val)  # everything, when asked for more than there is
+    subjects = sorted({q.subject for q in val})
+    first = [next(q for q in val if q.subject == s) for s in subjects[:2]]
+    for text, q in zip(texts, first):  # the first question of the first subject, then of the second
+        assert text.split("\n") == [q.question.strip(), *(c.strip() for c in q.choices)]
+        assert q.answer is not None and f"\n{q.answer}" not in text[-2:]
+    zh = control_texts("zh", shared_data, 10**7)
+    test = load_benchmark("ceval", "test", data_dir=shared_data, require_answers=False)
+    assert len(zh) == len(test) and all(q.answer is None for q in test)
+    assert control_texts("zh", shared_data, 100) == [zh[0][:100]]  # a smaller probe is a prefix
+
+
+def test_control_texts_errors_and_descriptions(tmp_path, monkeypatch):
+    monkeypatch.delenv("ZHTUNE_DATA_DIR", raising=False)
+    with pytest.raises(UserError, match="language"):
+        control_texts("fr", tmp_path)
+    with pytest.raises(UserError, match="ceval"):
+        control_texts("zh", tmp_path)  # no ceval/ folder
+    assert probe_description("zh_control") == {
+        "lang": "zh", "kind": "control", "source": "ceval/test: question and options, round-robin over subjects"}
+    assert probe_description("en") == {"lang": "en", "kind": "seed_tasks", "source": "alpaca/seed_tasks.jsonl"}

@@ -68,8 +68,16 @@ def test_summary_structure(tiny_llama_dir, shared_data, tmp_path):
             assert sub["category"] in entry["categories"]
     gsm = s["benchmarks"]["gsm8k"]
     assert gsm["n"] == 2 and {"accuracy_strict", "accuracy_flexible"} <= set(gsm)
-    assert set(s["perplexity"]) == {"zh", "en"}
-    assert s["perplexity"]["zh"]["chars"] <= 300 and s["perplexity"]["zh"]["bits_per_char"] > 0
+    # the seed-task probes and, on by default, the control probes, every entry the same shape
+    assert set(s["perplexity"]) == {"zh", "en", "zh_control", "en_control"}
+    for probe, entry in s["perplexity"].items():
+        assert set(entry) == {"bits_per_char", "chars", "tokens", "texts", "lang", "kind", "source"}
+        assert entry["chars"] == 300 == sum(c for c, _ in entry["texts"]) and entry["bits_per_char"] > 0
+        assert entry["lang"] == probe[:2]
+        assert entry["kind"] == ("control" if probe.endswith("_control") else "seed_tasks")
+        assert entry["bits_per_char"] == pytest.approx(sum(b for _, b in entry["texts"]) / 300, rel=1e-3)
+    assert s["perplexity"]["zh_control"]["bits_per_char"] != s["perplexity"]["zh"]["bits_per_char"]
+    assert s["provenance"]["zhtune_version"] == s["zhtune_version"]
     assert s["throughput"]["questions"] == 10 == len(result.predictions)
 
     rows = result.predictions
@@ -84,6 +92,16 @@ def test_summary_structure(tiny_llama_dir, shared_data, tmp_path):
     out = write_eval_output(result, tmp_path / "run")
     assert read_json(out / "summary.json")["settings_fingerprint"] == s["settings_fingerprint"]
     assert len(read_jsonl(out / "predictions.jsonl")) == 10
+
+
+def test_control_probes_can_be_turned_off(tiny_llama_dir, shared_data):
+    from zhtune.eval.suite import _perplexity
+
+    loaded = load_model(str(tiny_llama_dir))
+    on = _perplexity(loaded.model, loaded.tokenizer, small_eval(perplexity_chars=200), shared_data)
+    off = _perplexity(loaded.model, loaded.tokenizer,
+                      small_eval(perplexity_chars=200, control_probes=False), shared_data)
+    assert set(off) == {"zh", "en"} and off["zh"] == on["zh"] and off["en"] == on["en"]
 
 
 def test_cloze_and_prompts_file(tiny_llama_dir, shared_data, tmp_path):

@@ -1,6 +1,7 @@
 """What zhtune writes beside its outputs, in one place: when a thing was made, what bytes it holds,
-which stage finished with which settings (the skip rule), the settings a command resolved, the
-index of a multi-run evaluation folder, and the adapter metadata file's name.
+which code made it (provenance), which stage finished with which settings (the skip rule), the
+settings a command resolved, the index of a multi-run evaluation folder, and the adapter metadata
+file's name.
 
 Every record (model cache, prepared data, adapter, evaluation summary, report) uses the same
 timestamp format and checksum, so each can be compared with every other.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,43 @@ ADAPTER_META = "zhtune_adapter.json"  # beside every adapter: what it was traine
 def utc_timestamp() -> str:
     """Now, in UTC, to the second: ``2026-11-30T08:00:00Z``."""
     return time.strftime(TIMESTAMP_FORMAT, time.gmtime())
+
+
+# ----------------------------------------------------------------------------- provenance
+def run_git(args: list[str], cwd: Path) -> str | None:
+    """``git ARGS`` in ``cwd``: its stripped output, or None (no git, not a checkout, an error)."""
+    try:
+        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def git_state(path: str | Path | None = None) -> dict:
+    """The git commit of the checkout holding ``path`` (default: the running zhtune package) and
+    whether its tracked files differ from that commit: ``{"git_commit": sha | None, "git_dirty":
+    bool | None}``. Both None when the code is not in a git checkout, e.g. a wheel installed in a
+    virtual environment that itself sits inside some repository: ``path`` must be tracked by the
+    checkout git finds, else that checkout is not the code's. Untracked files do not count as dirty
+    (outputs, caches); a new module only changes a result once a tracked file imports it."""
+    here = Path(path) if path is not None else Path(__file__).resolve()
+    folder = here if here.is_dir() else here.parent
+    if not folder.is_dir() or run_git(["ls-files", "--error-unmatch", here.name if here.is_file() else "."],
+                                   folder) is None:
+        return {"git_commit": None, "git_dirty": None}
+    commit = run_git(["rev-parse", "HEAD"], folder)
+    if commit is None:  # a repository without commits
+        return {"git_commit": None, "git_dirty": None}
+    status = run_git(["status", "--porcelain", "--untracked-files=no"], folder)
+    return {"git_commit": commit, "git_dirty": None if status is None else bool(status)}
+
+
+def provenance() -> dict:
+    """Which code made an output: ``{"zhtune_version", "git_commit", "git_dirty"}`` (see
+    :func:`git_state`). Every summary.json, comparison.json, report and stage marker records it."""
+    from zhtune import __version__
+
+    return {"zhtune_version": __version__, **git_state()}
 
 
 def fingerprint(*parts: Any) -> str:
@@ -71,14 +110,16 @@ def begin_stage(stage_dir: Path, name: str, fp: str, *, force: bool = False) -> 
         shutil.rmtree(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
     (stage_dir / STAGE_FINISHED).unlink(missing_ok=True)
-    atomic_write_json(started, {"stage": name, "fingerprint": fp})
+    atomic_write_json(started, {"stage": name, "fingerprint": fp, "started": utc_timestamp(),
+                                "provenance": provenance()})
 
 
 def finish_stage(stage_dir: Path, name: str, fp: str, seconds: float) -> None:
     from zhtune import __version__
 
     atomic_write_json(stage_dir / STAGE_FINISHED, {"stage": name, "fingerprint": fp, "seconds": seconds,
-                                                   "zhtune_version": __version__})
+                                                   "zhtune_version": __version__,
+                                                   "finished": utc_timestamp(), "provenance": provenance()})
 
 
 # ----------------------------------------------------------------------------- resolved settings

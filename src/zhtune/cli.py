@@ -21,7 +21,7 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 # Modules under zhtune.commands; each defines register(app).
-COMMAND_MODULES = ["models", "data", "train", "evaluate", "analysis", "run", "export"]
+COMMAND_MODULES = ["models", "data", "train", "evaluate", "analysis", "run", "export", "register"]
 
 
 def _version(value: bool):

@@ -170,6 +170,10 @@ class EvalConfig(_Section):
     max_new_tokens: int = Field(256, gt=0, description="Generation length of generation benchmarks.")
     perplexity: bool = Field(True, description="Measure bits per character on held-out zh / en text.")
     perplexity_chars: int = Field(20000, ge=0, description="Characters of held-out text per language.")
+    control_probes: bool = Field(True, description=(
+        "Also score bits per character on a different-genre control text per language (the question "
+        "text of C-Eval test and MMLU val, never scored as benchmarks; perplexity_chars characters each), "
+        "so that a change on the seed-task probes can be told from genre adaptation."))
     adapter_scales: list[float] = Field(default_factory=lambda: [1.0], description=(
         "LoRA scales to evaluate each adapter at, e.g. [0, 0.5, 1]."))
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Callable
 
 from zhtune import __version__
-from zhtune.artifacts import begin_stage, finish_stage, fingerprint, read_eval_index, stage_is_current
+from zhtune.artifacts import (begin_stage, finish_stage, fingerprint, provenance, read_eval_index,
+                              stage_is_current, utc_timestamp)
 from zhtune.config import ExperimentConfig, config_to_dict, save_resolved
 from zhtune.io import atomic_write_json, default_data_dir, read_json, zhtune_home
 
@@ -106,7 +107,9 @@ def evaluate_baseline(cfg: ExperimentConfig, data_dir: Path | None, force: bool 
 
 
 def run_experiment(cfg: ExperimentConfig, *, data_dir: str | Path | None = None,
-                   force: tuple[str, ...] = ()) -> ExperimentResult:
+                   force: tuple[str, ...] = (), registration: dict | None = None) -> ExperimentResult:
+    """All stages; ``registration``: what zhtune.registration.check_registration found, recorded in
+    experiment.json and cited by the report."""
     from zhtune.analysis.forgetting import compare_runs
     from zhtune.analysis.report import build_report
     from zhtune.data.sft import prepare_dataset
@@ -120,6 +123,7 @@ def run_experiment(cfg: ExperimentConfig, *, data_dir: str | Path | None = None,
     from zhtune import distributed, memory
     from zhtune.launch import launch, should_launch
 
+    launched = utc_timestamp()
     data_dir = default_data_dir(data_dir or cfg.data.data_dir)
     if data_dir is not None:
         data_dir = data_dir.resolve()
@@ -185,7 +189,8 @@ def run_experiment(cfg: ExperimentConfig, *, data_dir: str | Path | None = None,
           main_process_only(lambda d: build_report(
               comparisons=[read_json(res.compare_dir / "comparison.json")], train_dir=res.train_dir,
               scale_dir=res.eval_dir if len(cfg.eval.adapter_scales) > 1 else None,
-              output_dir=d, title=cfg.name, analysis=cfg.analysis)))
+              output_dir=d, title=cfg.name, analysis=cfg.analysis,
+              registration=registration)))
     if not distributed.is_main():
         return res
     timings["total_seconds"] = round(sum(timings["seconds_by_stage"].values()), 3)
@@ -194,7 +199,9 @@ def run_experiment(cfg: ExperimentConfig, *, data_dir: str | Path | None = None,
         "name": cfg.name, "stages": {s: d for s, d in zip(
             STAGES, map(str, (res.baseline_dir, prepared, res.train_dir, res.eval_dir,
                               res.compare_dir, res.report_dir)))},
-        "ran": res.ran, "skipped": res.skipped, "zhtune_version": __version__})
+        "ran": res.ran, "skipped": res.skipped, "zhtune_version": __version__,
+        "launched": launched, "finished": utc_timestamp(), "provenance": provenance(),
+        "registration": registration})
     tracker.finish()
     return res
 

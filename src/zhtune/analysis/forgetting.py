@@ -232,7 +232,9 @@ def compare_many(base_dir: str | Path, tuned_dirs: Sequence[str | Path],
 
 
 def write_comparison(comparison: Comparison, path: str | Path) -> Path:
-    return atomic_write_json(path, comparison.to_dict())
+    from zhtune.artifacts import provenance
+
+    return atomic_write_json(path, {**comparison.to_dict(), "provenance": provenance()})
 
 
 def safe_name(label: str) -> str:

@@ -17,10 +17,11 @@ from zhtune.analysis.render import Chart, check_in_browser, render_html, render_
 from zhtune.analysis.sentences import headline_sentences
 from zhtune.analysis.tables import (benchmark_table, category_table, headline_figures, headline_table, levels_sentence,
                                     levels_table, perplexity_table, subject_table)
-from zhtune.artifacts import read_adapter_meta, utc_timestamp
+from zhtune.artifacts import provenance, read_adapter_meta, utc_timestamp
 from zhtune.config import AnalysisConfig
 from zhtune.errors import UserError
 from zhtune.io import atomic_write_json, atomic_write_text, read_json
+from zhtune.registration import provenance_note
 
 
 # ----------------------------------------------------------------------------------- settings
@@ -147,7 +148,8 @@ def _check_comparisons(comparisons: Sequence[dict]) -> None:
 def build_report(*, comparisons: Sequence[dict], output_dir: str | Path, train_dir: str | Path | None = None,
                  scale_dir: str | Path | None = None, tolerance: float | None = None, title: str = "zhtune report",
                  analysis: AnalysisConfig | None = None, top_subjects: int = 15,
-                 progress: Callable[[str], None] | None = None) -> dict[str, Path]:
+                 progress: Callable[[str], None] | None = None,
+                 registration: dict | None = None) -> dict[str, Path]:
     """Write report.html, report.md, report.json and the chart files into ``output_dir``.
 
     ``comparisons``: comparison.json contents (``zhtune compare``'s output, the first one leading).
@@ -191,7 +193,7 @@ def build_report(*, comparisons: Sequence[dict], output_dir: str | Path, train_d
 
     step("writing report")
     created = utc_timestamp()
-    footer = f"Made by zhtune {__version__} on {created}."
+    footer = f"Made by zhtune {__version__} on {created}. " + provenance_note(provenance(), registration)
     paths = {
         "html": atomic_write_text(out / "report.html", render_html(blocks, out, title, footer)),
         "md": atomic_write_text(out / "report.md", render_markdown(blocks, footer)),
@@ -202,6 +204,7 @@ def build_report(*, comparisons: Sequence[dict], output_dir: str | Path, train_d
         "training_dir": str(train_dir) if train_dir else None, "adapter": adapter,
         "figures": {f.name: {"png": f"{f.name}.png", "svg": f"{f.name}.svg", "caption": f.caption} for f in figures},
         "created": created, "zhtune_version": __version__,
+        "provenance": provenance(), "registration": registration,
     })
     for f in figures:
         paths[f.name] = out / f"{f.name}.png"

@@ -37,14 +37,18 @@ def register(app: typer.Typer) -> None:
         force: Optional[List[str]] = typer.Option(None, "--force", help="Redo a stage even if up to date (baseline, prepare, train, evaluate, compare, report, all). Repeatable."),
         report_to: Optional[str] = typer.Option(None, "--report-to", help=flag_help("tracking.backend")),
         nproc: Optional[int] = typer.Option(None, "--nproc", min=1, help=flag_help("train.num_processes")),
+        registration: Optional[str] = typer.Option(None, "--registration", help="The design's registration file (default: CONFIG's .registration.json beside it, when there is one)."),
+        ignore_registration: bool = typer.Option(False, "--ignore-registration", help="Run a design that differs from its registration (recorded as such)."),
     ):
         """Baseline eval -> prepare -> LoRA training -> eval -> forgetting analysis -> report.
 
         Stages whose outputs exist and were made from the same settings are skipped; an interrupted
-        run continues where it stopped when the same command is run again.
+        run continues where it stopped when the same command is run again. A config with a
+        registration (zhtune register) runs only as registered.
         """
-        from zhtune.config import resolve_config
+        from zhtune.config import config_path, resolve_config
         from zhtune.experiment import run_experiment
+        from zhtune.registration import check_registration
 
         from zhtune.distributed import is_main
         from zhtune.launch import should_launch
@@ -53,9 +57,11 @@ def register(app: typer.Typer) -> None:
         extra += [f"tracking.backend={report_to}"] if report_to else []
         extra += [f"train.num_processes={nproc}"] if nproc else []
         cfg = resolve_config(config, overrides=extra)
+        checked = check_registration(cfg, config_path(config), registration_file=registration,
+                                     ignore_mismatch=ignore_registration)
         launcher = should_launch(cfg.train.num_processes)  # its rank 0 prints the summary
         t0 = time.time()
-        result = run_experiment(cfg, data_dir=data_dir, force=tuple(force or ()))
+        result = run_experiment(cfg, data_dir=data_dir, force=tuple(force or ()), registration=checked)
         if launcher or not is_main():
             return
         console.print(f"ran: {', '.join(result.ran) or '-'}; up to date: {', '.join(result.skipped) or '-'}"

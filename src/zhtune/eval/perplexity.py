@@ -13,7 +13,11 @@ Scoring policy:
 * windows are batched with right padding and an attention mask; padding never changes a score.
 
 The probe texts are the 175 self-instruct seed tasks in Chinese (BELLE) and English (Alpaca):
-instruction-like text that the BELLE / Alpaca training records never contain.
+instruction-like text that the BELLE / Alpaca training records never contain. Training on
+instructions can lower their bits by teaching the genre (instruction, then answer) as much as the
+language, so each language has a control probe of another genre too: exam questions that no
+evaluation scores (``CONTROL_PROBES``). A drop on the seed tasks with none on the control says
+"genre"; a drop on both says "language".
 """
 from __future__ import annotations
 
@@ -29,6 +33,12 @@ import torch
 from zhtune.errors import UserError
 
 PROBE_FILES = {"zh": "belle/zh_seed_tasks.json", "en": "alpaca/seed_tasks.jsonl"}
+# Control probes, per language: (benchmark, split) whose question text (question and options, never
+# the answer) is scored for bits per character. Neither split is ever scored as a benchmark or used
+# for few-shot examples: C-Eval's test labels are not public (scoring uses val, few-shot dev), and
+# MMLU scores test with dev examples, leaving val unused.
+CONTROL_PROBES = {"zh": ("ceval", "test"), "en": ("mmlu", "val")}
+CONTROL_SUFFIX = "_control"  # summary.json's perplexity keys: "zh", "en", "zh_control", "en_control"
 
 # Most logits held at once (batch x tokens x vocab); float32: 4 bytes each.
 _MAX_LOGITS = 2**28
@@ -89,15 +99,50 @@ def probe_texts(lang: str, data_dir: str | Path | None = None, max_chars: int = 
             except ValueError as err:
                 raise UserError(f"{path}, line {line_no}: not a seed task ({err})") from None
             tasks.append(task)
-    texts, total = [], 0
-    for task in sorted(tasks, key=_task_number):
+    return _cut([_seed_task_text(task) for task in sorted(tasks, key=_task_number)], max_chars)
+
+
+def _cut(texts: list[str], max_chars: int) -> list[str]:
+    """The texts in order until ``max_chars`` characters in all (the last one truncated)."""
+    out, total = [], 0
+    for text in texts:
         if total >= max_chars:
             break
-        text = _seed_task_text(task)[: max_chars - total]
+        text = text[: max_chars - total]
         if text:
-            texts.append(text)
+            out.append(text)
             total += len(text)
-    return texts
+    return out
+
+
+def control_texts(lang: str, data_dir: str | Path | None = None, max_chars: int = 20000) -> list[str]:
+    """The control probe's texts for ``lang`` (``CONTROL_PROBES``): one exam question per text, its
+    question then its options, one per line, without letters or answer; taken round-robin over the
+    subjects (by name, then file order) so every subject appears, cut to ``max_chars`` characters."""
+    from zhtune.data.benchmarks import load_benchmark, round_robin
+    from zhtune.io import default_data_dir
+
+    if lang not in CONTROL_PROBES:
+        raise UserError(f"control probe language must be one of {', '.join(CONTROL_PROBES)}, got {lang!r}")
+    benchmark, split = CONTROL_PROBES[lang]
+    root = default_data_dir(data_dir)
+    if root is None:
+        raise UserError(f"the {lang} control probe needs a data folder with {benchmark}/{split}/: "
+                        "pass --data-dir or set ZHTUNE_DATA_DIR")
+    questions = load_benchmark(benchmark, split, data_dir=root, require_answers=False)
+    texts = ("\n".join([q.question.strip(), *(c.strip() for c in q.choices)]).strip()
+             for q in round_robin(questions, len(questions)))
+    return _cut([t for t in texts if t], max_chars)
+
+
+def probe_description(probe: str) -> dict:
+    """What a perplexity key of summary.json measured: ``{"lang", "kind", "source"}``."""
+    lang = probe.removesuffix(CONTROL_SUFFIX)
+    if probe.endswith(CONTROL_SUFFIX):
+        benchmark, split = CONTROL_PROBES[lang]
+        return {"lang": lang, "kind": "control",
+                "source": f"{benchmark}/{split}: question and options, round-robin over subjects"}
+    return {"lang": lang, "kind": "seed_tasks", "source": PROBE_FILES[lang]}
 
 
 # ----------------------------------------------------------------------------- scoring

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from zhtune import __version__
-from zhtune.artifacts import close_chunks, fingerprint, utc_timestamp, write_eval_index
+from zhtune.artifacts import close_chunks, fingerprint, provenance, utc_timestamp, write_eval_index
 from zhtune.config import EvalConfig, ModelConfig
 from zhtune.data.benchmarks import is_multiple_choice
 from zhtune.errors import UserError
@@ -236,18 +236,24 @@ def _generation_rows(preds) -> list[dict]:
 # ----------------------------------------------------------------------------- evaluation
 
 def _perplexity(model, tokenizer, eval_cfg: EvalConfig, data_dir) -> dict:
-    from zhtune.eval.perplexity import bits_per_char, probe_texts
+    """Bits per character per probe: ``zh``, ``en`` (seed tasks) and, with ``eval.control_probes``,
+    ``zh_control``, ``en_control`` (exam question text), each entry the same shape."""
+    from zhtune.eval.perplexity import (CONTROL_SUFFIX, bits_per_char, control_texts, probe_description,
+                                        probe_texts)
 
     if data_dir is None:
         reason = "no local data folder (the probe texts are read from belle/ and alpaca/)"
         log.warning("perplexity skipped: %s", reason)
         return {"skipped": reason}
+    probes = {lang: probe_texts(lang, data_dir, eval_cfg.perplexity_chars) for lang in ("zh", "en")}
+    if eval_cfg.control_probes:
+        probes.update({lang + CONTROL_SUFFIX: control_texts(lang, data_dir, eval_cfg.perplexity_chars)
+                       for lang in ("zh", "en")})
     out = {}
-    for lang in ("zh", "en"):
-        texts = probe_texts(lang, data_dir, eval_cfg.perplexity_chars)
+    for probe, texts in probes.items():
         r = bits_per_char(model, tokenizer, texts, batch_size=eval_cfg.batch_size)
-        out[lang] = {"bits_per_char": r.bits_per_char, "chars": r.chars, "tokens": r.tokens,
-                     "texts": [[c, round(bits, 4)] for c, bits in r.per_text]}
+        out[probe] = {"bits_per_char": r.bits_per_char, "chars": r.chars, "tokens": r.tokens,
+                      "texts": [[c, round(bits, 4)] for c, bits in r.per_text], **probe_description(probe)}
     return out
 
 
@@ -378,6 +384,7 @@ def evaluate_model(model, tokenizer, family, eval_cfg: EvalConfig, data_dir=None
                        "perplexity_seconds": round(perplexity_seconds, 3)},
         "created": utc_timestamp(),
         "zhtune_version": __version__,
+        "provenance": provenance(),
     }
     return EvalResult(summary=summary, predictions=rows,
                       prompts=prompt_rows if eval_cfg.write_prompts else None)
