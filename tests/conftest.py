@@ -24,6 +24,8 @@ def shared_data() -> Path:
     path = data_dir()
     if not (path / "ceval").is_dir():
         pytest.fail(f"real data not found at {path}; set ZHTUNE_DATA_DIR")
+    # Absolute, for every command a test starts (subprocesses inherit it), whoever set it how.
+    os.environ["ZHTUNE_DATA_DIR"] = str(path)
     return path
 
 
