@@ -58,3 +58,15 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def no_autocast_left_on():
+    """A test that leaves autocast on (e.g. by entering one autocast object twice) would make every
+    later test compute in bf16: fail the test that did it, not the ones after it."""
+    import torch
+
+    yield
+    leaked = torch.is_autocast_enabled("cpu")
+    torch.set_autocast_enabled("cpu", False)
+    assert not leaked, "this test left CPU autocast enabled"

@@ -35,9 +35,11 @@ def _step(model_dir, checkpointing: str | None, autocast: bool = False):
     inputs = _packed_batch(vocab=200)
     labels = inputs.pop("labels")
     torch.manual_seed(3)  # the dropout masks of the forward pass
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
-    with ctx:
-        loss, n, _ = labelled_loss(model, model.get_output_embeddings(), inputs, labels, ctx)
+    def ctx():  # a fresh context each time: re-entering one autocast object leaves autocast on after it
+        return torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+
+    with ctx():
+        loss, n, _ = labelled_loss(model, model.get_output_embeddings(), inputs, labels, ctx())
     (loss / n).backward()
     return loss.detach() / n, _grads(model), len(calls), model.config.num_hidden_layers
 
