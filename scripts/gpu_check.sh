@@ -87,7 +87,7 @@ def oom_once(module, args, kwargs):  # the first multi-question forward pass run
         raise torch.OutOfMemoryError('injected by gpu_check.sh')
 hook = model.model.register_forward_pre_hook(oom_once, with_kwargs=True)
 warnings = []
-logging.getLogger('zhtune.eval.choice').addHandler(type('H', (logging.Handler,), {'emit': lambda s, r: warnings.append(r.getMessage())})())
+logging.getLogger('zhtune.eval').addHandler(type('H', (logging.Handler,), {'emit': lambda s, r: warnings.append(r.getMessage())})())
 got = [p.pred for p in score_choice(model, tok, questions, shots=2, batch_tokens=2000, progress=False)]
 assert raised, 'no forward pass had more than one question'
 assert any('out of memory' in w for w in warnings), warnings

@@ -185,7 +185,8 @@ CORRUPT = {  # stage -> (damage its input, what the one line names)
     "evaluate": (lambda r: _truncate(r / "run/train/adapter/adapter_model.safetensors") or [],
                  "adapter_model.safetensors"),
     "compare": (lambda r: _truncate(r / "run/eval/tiny/predictions.jsonl", 0.7) or [], "predictions.jsonl"),
-    "report": (lambda r: _truncate(next((r / "cache").iterdir()) / "base/summary.json") or [], "summary.json"),
+    # the report reads the compare stage's comparison.json (and nothing of the evaluations)
+    "report": (lambda r: _truncate(r / "run/compare/comparison.json") or [], "comparison.json"),
 }
 
 

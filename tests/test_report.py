@@ -191,7 +191,7 @@ def test_report_from_the_real_evaluator_output(tiny_llama_dir, shared_data, tmp_
     cmp = data["comparisons"][0]
     assert set(cmp["benchmarks"]) == {"ceval", "cmmlu", "mmlu", "gsm8k"}
     assert cmp["n_questions"] == sum(g["n"] for g in cmp["benchmarks"].values()) >= 8
-    assert set(cmp["perplexity"]) == {"zh", "en"}
+    assert set(cmp["perplexity"]) == {"zh", "en", "zh_control", "en_control"}  # control probes on by default
     if cmp["chinese_gain"] and cmp["english_forgetting"]:
         assert [s["scale"] for s in data["tradeoff"]["scales"]] == [0.5, 1.0]
     else:  # a random tiny model at chance everywhere: no pooled figure, so no trade-off, and the report says why

@@ -182,7 +182,7 @@ def test_slurm_dead_job_reported_then_rerun_finishes_it(tiny_llama_dir, shared_d
     killer.join()
     assert killed and summary["failed"] == ["rank8"]
     assert {r["run"]: r["status"] for r in summary["runs"]} == {"rank4": "done", "rank8": "failed"}
-    assert "Failed runs:\n- rank8: job" in (out / "results.md").read_text()
+    assert "## Failed runs\n\n- rank8: job" in (out / "results.md").read_text()
     done_before = (out / "runs" / "rank4" / "experiment.json").stat().st_mtime
 
     summary = run_sweep(small_grid(tiny_llama_dir, out, *args), data_dir=shared_data)

@@ -297,7 +297,10 @@ def test_run_logs_the_whole_experiment_to_mlflow(tiny_llama_dir, shared_data, tm
         assert data.params["fingerprint"] == fps["report"] and data.params["config.tracking.backend"] == "mlflow"
         assert data.metrics["base/ceval/accuracy"] == pytest.approx(base["ceval"]["accuracy"])
         assert data.metrics["tuned/mmlu/stderr"] == pytest.approx(tuned["mmlu"]["stderr"])
-        assert data.metrics["compare/english_forgetting/ci_high"] == pytest.approx(cmp["english_forgetting"]["ci_high"])
-        assert data.tags["verdict/english_forgetting"] == cmp["english_forgetting"]["verdict"]
+        # a tiny random model is at chance in English: the headline leaves it out, the pooled figure has it
+        name = "english_forgetting" if cmp["english_forgetting"] else "pooled_including_floors/english_forgetting"
+        fig = cmp["english_forgetting"] or cmp["pooled_including_floors"]["english_forgetting"]
+        assert data.metrics[f"compare/{name}/ci_high"] == pytest.approx(fig["ci_high"])
+        assert data.tags[f"verdict/{name}"] == fig["verdict"]
         assert "report/report.html" in {a.path for a in client.list_artifacts(run.info.run_id, "report")}
         assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 6

@@ -116,3 +116,31 @@ def test_fewest_changes_for_significance():
     assert fewest_changes_for_significance(0.05) == 6  # 2 * 0.5^6 = 0.031; 2 * 0.5^5 = 0.0625
     k = fewest_changes_for_significance(0.05 / 67)  # a lone subject among 67 (BH's strictest threshold)
     assert k == 12 and mcnemar_exact(0, k) < 0.05 / 67 <= mcnemar_exact(0, k - 1)
+
+
+def test_a_language_all_at_floor_is_explained_once(tmp_path):
+    """English all at chance or floor: its sentence says why no English figure is pooled, and the
+    closing 'not pooled' sentence names only the left-out benchmarks of a language that has one."""
+    from zhtune.analysis.sentences import headline_sentences
+
+    cells = [Cell("ceval", "law", "Humanities", both=5, b=0, c=0, neither=45),  # 10%: below chance
+             Cell("cmmlu", "anatomy", "STEM", both=150, b=20, c=30, neither=200),
+             Cell("gsm8k", "main", "Math", both=0, b=0, c=1, neither=149),
+             Cell("mmlu", "anatomy", "STEM", both=10, b=3, c=2, neither=45)]
+    base, tuned = paired_predictions(cells)
+    cmp = compare_runs(write_eval_folder(tmp_path / "b", base), write_eval_folder(tmp_path / "t", tuned)).to_dict()
+    assert cmp["english_forgetting"] is None and cmp["chinese_gain"]["benchmarks"] == ["cmmlu"]
+    sentences = headline_sentences(cmp)
+    assert sentences[1].startswith("No English figure is pooled: ") and "GSM8K" in sentences[1] and "MMLU" in sentences[1]
+    last = sentences[-1]
+    assert last.startswith("Not pooled, reported on its own: C-Eval") and "MMLU" not in last and "GSM8K" not in last
+
+
+def test_bits_sentence_names_the_control_probes_after_the_languages():
+    from zhtune.analysis.sentences import bits_sentence
+
+    probe = {"base_bits_per_char": 2.0, "tuned_bits_per_char": 1.9, "relative_change": -0.05}
+    text = bits_sentence({k: probe for k in ("en_control", "zh", "zh_control", "en")})
+    order = [text.index(f"in {name}") for name in
+             ("Chinese", "English", "the Chinese control texts", "the English control texts")]
+    assert order == sorted(order) and "_control" not in text

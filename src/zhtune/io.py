@@ -63,7 +63,13 @@ def atomic_write_jsonl(path: str | Path, rows: Iterable[Any]) -> Path:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """The JSON value in ``path``; a file that does not parse is an error naming the file and line."""
+    from zhtune.errors import NotJSONError
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise NotJSONError(f"{path}: not valid JSON (line {err.lineno}): {err.msg}") from None
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:

@@ -9,7 +9,8 @@ from the code that computed them, so a stage skipped as up to date is logged lik
 - metrics: each evaluation's per-benchmark accuracy, standard error and question count
   (``base/<benchmark>/accuracy``, ``tuned/…``; other adapter scales ``tuned_scale_0.5/…``), bits per
   character, the training log by step (``train/loss``, ``train/probe/…``), and the comparison's
-  headline changes with their intervals (``compare/english_forgetting/change_points``, ``…/ci_low``);
+  headline changes with their intervals (``compare/english_forgetting/change_points``, ``…/ci_low``;
+  ``compare/pooled_including_floors/…`` where a language's benchmarks are all at chance);
 - results (MLflow tags, W&B summary, TensorBoard text): the verdicts (``verdict/english_forgetting``);
 - artifacts: the report folder (report.html, .md, .json, charts).
 
@@ -87,7 +88,9 @@ def comparison_values(cmp: dict) -> tuple[dict[str, float], dict[str, str]]:
     """The headline changes and per-benchmark changes with their intervals (metrics) and every
     verdict (text), from a comparison.json."""
     metrics, verdicts = {}, {}
-    parts = [(f, cmp.get(f)) for f in FIGURES] + [(f"benchmark/{b}", s) for b, s in (cmp.get("benchmarks") or {}).items()]
+    floors = cmp.get("pooled_including_floors") or {}  # the figures when a language is all at chance
+    parts = ([(f, cmp.get(f)) for f in FIGURES] + [(f"pooled_including_floors/{f}", floors.get(f)) for f in FIGURES]
+             + [(f"benchmark/{b}", s) for b, s in (cmp.get("benchmarks") or {}).items()])
     for name, stats in parts:
         if not stats:
             continue

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from zhtune.analysis.catalog import order
 from zhtune.artifacts import read_eval_index
 from zhtune.errors import UserError
-from zhtune.io import iter_jsonl
+from zhtune.io import iter_jsonl, read_json
 
 # Keys every prediction line must have for a paired comparison.
 _REQUIRED = ("key", "benchmark", "subject", "correct")
@@ -43,13 +43,6 @@ _EVALUATE_AGAIN = ("evaluate again into a fresh folder (delete this one; in `zht
                    "evaluate, or --force baseline for the baseline)")
 
 
-def _read_json_file(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}: not valid JSON (line {err.lineno}): {err.msg}") from None
-
-
 def _read_predictions(path: Path) -> dict[str, dict]:
     if not path.is_file():
         raise UserError(f"{path}: missing; an evaluation folder needs summary.json and predictions.jsonl")
@@ -78,7 +71,7 @@ def index_entries(folder: Path) -> list[tuple[str, Path]]:
 
 
 def _load_single(path: Path, label: str) -> EvalRun:
-    summary = _read_json_file(path / "summary.json")
+    summary = read_json(path / "summary.json")
     if not isinstance(summary, dict):
         raise UserError(f"{path / 'summary.json'}: expected a JSON object")
     predictions = _read_predictions(path / "predictions.jsonl")

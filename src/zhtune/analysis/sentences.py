@@ -8,7 +8,8 @@ from __future__ import annotations
 from zhtune.analysis.catalog import spec_name, spec_of
 from zhtune.analysis.formatting import benchmark_name, changed_by, format_p, join_names, num, signed
 
-LANGUAGES = {"zh": "Chinese", "en": "English"}
+LANGUAGES = {"zh": "Chinese", "en": "English",  # the probes' names in sentences (controls: exam questions)
+             "zh_control": "the Chinese control texts", "en_control": "the English control texts"}
 EXCLUDED = "excluded at one-sided 95%"
 
 
@@ -123,7 +124,7 @@ def _bits_ci(p: dict) -> str:
 def bits_sentence(ppl: dict) -> str:
     """Bits per character on every held-out probe (Chinese and English first, then any control probe)."""
     parts = []
-    for lang, p in ppl.items():
+    for lang, p in sorted(ppl.items(), key=lambda kv: (kv[0].endswith("_control"), not kv[0].startswith("zh"))):
         rel = p["relative_change"] if p.get("relative_change") is not None else (p["ratio"] or 1.0) - 1
         parts.append(f"from {p['base_bits_per_char']:.2f} to {p['tuned_bits_per_char']:.2f} in "
                      f"{LANGUAGES.get(lang, lang)} ({signed(100 * rel)}%{_bits_ci(p)})")
@@ -164,10 +165,13 @@ def secondary_sentence(cmp: dict) -> list[str]:
 
 
 def exclusion_sentence(cmp: dict) -> list[str]:
-    """Benchmarks at their floor that a pooled figure of this comparison leaves out."""
-    pooled_from = {b for f in (cmp.get("chinese_gain"), cmp.get("english_forgetting")) if f for b in f["benchmarks"]}
-    excluded = cmp.get("headline_excluded") or {}
-    if not excluded or not pooled_from:
+    """Benchmarks at their floor that a pooled figure of this comparison leaves out (those of a
+    language with no pooled figure at all are named in its own sentence, ``_missing``)."""
+    pooled = {about for name, about in (("chinese_gain", "gain"), ("english_forgetting", "forgetting"))
+              if cmp.get(name)}
+    excluded = {b: why for b, why in (cmp.get("headline_excluded") or {}).items()
+                if (cmp["benchmarks"].get(b) or {}).get("verdict_about") in pooled}
+    if not excluded:
         return []
     return ["Not pooled, reported on its own: " + "; ".join(f"{benchmark_name(b)}, whose {why}"
                                                             for b, why in excluded.items()) + "."]

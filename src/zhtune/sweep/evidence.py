@@ -18,6 +18,7 @@ from zhtune.data.benchmarks import CHINESE_BENCHMARKS, ENGLISH_BENCHMARKS
 from zhtune.errors import UserError
 from zhtune.io import iter_jsonl, read_json
 from zhtune.sweep.grid import SweepPoint
+from zhtune.sweep.results import headline_figure
 
 
 def read_answers(path: Path) -> dict[str, tuple[str, str, bool]]:
@@ -56,8 +57,8 @@ def load_answers(points: list[SweepPoint], base_dir: Path) -> Answers:
 def headline_benchmarks(point: SweepPoint) -> tuple[list[str], list[str]]:
     """The benchmarks of the Chinese and English headline figures, as the point's comparison chose."""
     cmp = read_json(point.out_dir / "compare" / "comparison.json")
-    return (list((cmp.get("chinese_gain") or {}).get("benchmarks") or []),
-            list((cmp.get("english_forgetting") or {}).get("benchmarks") or []))
+    return (list(headline_figure(cmp, "chinese_gain")["benchmarks"]),
+            list(headline_figure(cmp, "english_forgetting")["benchmarks"]))
 
 
 def probe_path(point: SweepPoint) -> list[dict]:

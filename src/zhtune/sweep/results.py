@@ -34,15 +34,22 @@ def collect_results(points: list[SweepPoint], failed: dict[str, str]) -> list[di
     return rows
 
 
+def headline_figure(cmp: dict, name: str) -> dict:
+    """The comparison's ``chinese_gain`` or ``english_forgetting`` figure the sweep ranks by. When
+    every benchmark of a language is at chance (tiny runs) the headline leaves them out, and the
+    sweep falls back to the figure that includes them: the one rule, for the table and the grid."""
+    fig = cmp.get(name) or (cmp.get("pooled_including_floors") or {}).get(name)
+    if fig is None:  # the sweep evaluated no benchmark of that language
+        raise UserError(f"sweep: the comparison has no {name.replace('_', ' ')}; evaluate at "
+                        "least one Chinese (ceval, cmmlu) and one English (mmlu, gsm8k) benchmark")
+    return fig
+
+
 def headline_numbers(cmp: dict) -> dict:
     """Chinese gain and English forgetting (points, with 95% intervals) from a comparison.json."""
     out: dict[str, Any] = {}
     for name in ("chinese_gain", "english_forgetting"):
-        # every benchmark of a language at chance (tiny runs): rank by the figure that includes them
-        fig = cmp.get(name) or (cmp.get("pooled_including_floors") or {}).get(name)
-        if fig is None:  # the sweep evaluated no benchmark of that language
-            raise UserError(f"sweep: the comparison has no {name.replace('_', ' ')}; evaluate at "
-                            "least one Chinese (ceval, cmmlu) and one English (mmlu, gsm8k) benchmark")
+        fig = headline_figure(cmp, name)
         out[name] = fig["change_points"]
         out[f"{name}_ci"] = [fig["ci_low"], fig["ci_high"]]
     return out
