@@ -17,6 +17,16 @@ import signal
 import sys
 
 
+def fault_env(fault: str | None = None) -> dict:
+    """The environment to run this script under: one thread, unbuffered output, and ``fault`` (or
+    none, whatever the calling environment holds) as ``ZHTUNE_TEST_FAULT``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("ZHTUNE_TEST_FAULT", None)
+    if fault:
+        env["ZHTUNE_TEST_FAULT"] = fault
+    return env
+
+
 def _strike(kind: str, path: str) -> None:
     if kind == "sigkill":
         os.kill(os.getpid(), signal.SIGKILL)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fault_runner import fault_env
 
 from zhtune.io import read_json
 
@@ -22,19 +23,11 @@ ARGS = ["--benchmarks", "ceval,gsm8k", "--limit", "2", "--shots", "0", "--gsm8k-
 VOLATILE = {"created", "seconds", "questions_per_second", "throughput"}
 
 
-def _env(fault: str | None = None) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    env.pop("ZHTUNE_TEST_FAULT", None)
-    if fault:
-        env["ZHTUNE_TEST_FAULT"] = fault
-    return env
-
-
 def _eval(model, out, fault=None, **popen):
     cmd = [sys.executable, str(RUNNER), "eval", "--model", str(model), "--output-dir", str(out), *ARGS]
     if popen:
-        return subprocess.Popen(cmd, env=_env(fault), **popen)
-    return subprocess.run(cmd, env=_env(fault), capture_output=True, text=True, timeout=600)
+        return subprocess.Popen(cmd, env=fault_env(fault), **popen)
+    return subprocess.run(cmd, env=fault_env(fault), capture_output=True, text=True, timeout=600)
 
 
 def stable(obj):
@@ -105,7 +98,7 @@ def test_killed_and_stopped_evaluation_resumes_to_the_same_result(tiny_qwen_dir,
     partial = tmp_path / "partial"
     other = subprocess.run([sys.executable, str(RUNNER), "eval", "--model", str(tiny_qwen_dir),
                             "--output-dir", str(partial), *ARGS[:2], "--limit", "1", *ARGS[4:]],
-                           env=_env(), capture_output=True, text=True, timeout=600)
+                           env=fault_env(), capture_output=True, text=True, timeout=600)
     assert other.returncode == 2, other.stderr[-2000:]
     assert "partial evaluation made with other settings" in other.stderr
     assert "Traceback" not in other.stderr

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fault_runner import fault_env
 import yaml
 
 from experiment_helpers import tiny_config
@@ -60,16 +61,8 @@ def _comparison(root: Path) -> dict:
     return json.loads(text.replace(str(root / "run"), "<RUN>").replace(str(root / "cache"), "<CACHE>"))
 
 
-def _env(fault: str | None = None) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    env.pop("ZHTUNE_TEST_FAULT", None)
-    if fault:
-        env["ZHTUNE_TEST_FAULT"] = fault
-    return env
-
-
 def _run(config: Path, fault: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(RUNNER), "run", str(config)], env=_env(fault),
+    return subprocess.run([sys.executable, str(RUNNER), "run", str(config)], env=fault_env(fault),
                           capture_output=True, text=True, timeout=600)
 
 
