@@ -194,6 +194,32 @@ def test_a_registered_grid_registers_its_variants(repo, tiny_llama_dir, shared_d
         check_registration(load_config(config, ["train.seed=8"]), config)
 
 
+def test_sweep_checks_the_registration_of_its_grid(repo, tiny_llama_dir, shared_data, tmp_path):
+    """zhtune sweep on a registered config: a grid the registration does not name is refused before any
+    work; the registered grid is checked as matching and results.md / sweep.json cite it."""
+    from zhtune.sweep.results import write_results
+
+    raw = tiny_config(tiny_llama_dir, repo / "runs" / "s", repo / "runs" / "b")
+    raw["sweep"] = {"grid": {"train.seed": [42, 7]}}
+    config = repo / "grid.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    git(repo, "add", "grid.yaml")
+    git(repo, "commit", "-qm", "grid")
+    register(load_config(config), config, data_dir=shared_data)
+    git(repo, "add", "grid.registration.json")
+    git(repo, "commit", "-qm", "register")
+    runner = CliRunner()
+    for extra in (["lora.rank=4,8"], ["train.seed=42,7,1"], ["lora.rank=16"]):  # a new axis, seed, setting
+        r = runner.invoke(app, ["sweep", str(config), *extra, "--data-dir", str(shared_data)])
+        assert isinstance(r.exception, UserError) and "differs from its registration" in str(r.exception), extra
+    assert not (repo / "runs" / "s").exists()
+    checked = check_registration(load_config(config), config)
+    assert checked["status"] == "matches"
+    summary = write_results(tmp_path, [], {}, None, checked)
+    assert summary["registration"] == checked
+    assert f"Pre-registered design {checked['design_hash']}" in (tmp_path / "results.md").read_text()
+
+
 @pytest.mark.slow
 def test_run_checks_and_records_the_registration(repo, tiny_llama_dir, shared_data):
     """zhtune register, commit, zhtune run: experiment.json, report.json and the report's footer cite
