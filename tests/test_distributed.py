@@ -69,12 +69,15 @@ def _cpu_env():
 @pytest.mark.slow  # two evaluations, one of them in two processes
 def test_sharded_evaluation_equals_one_process(tiny_qwen_dir, shared_data, tmp_path):
     """Each process scores its share; rank 0 gathers and writes: the same predictions, question for
-    question, as one process (letters, cloze and GSM8K generation)."""
+    question, as one process (letters, cloze and GSM8K generation), and the same bits per character,
+    text for text (each process scores its block of the probe texts)."""
+    config = tmp_path / "probes.yaml"
+    config.write_text("eval:\n  perplexity_chars: 1500\n  control_probes: false\n")
     args = ["eval", "--model", str(tiny_qwen_dir), "--data-dir", str(shared_data),
             "--benchmarks", "ceval,mmlu,gsm8k", "--limit", "2", "--subjects",
             "computer_network,operating_system,abstract_algebra,anatomy,astronomy",
             "--formulation", "both", "--shots", "1", "--gsm8k-shots", "1", "--max-new-tokens", "6",
-            "--no-perplexity", "--no-progress"]
+            "--config", str(config), "--no-progress"]
     one, two = tmp_path / "one", tmp_path / "two"
     done = subprocess.run([sys.executable, "-m", "zhtune", *args, "--output-dir", str(one)],
                           env=_cpu_env(), capture_output=True, text=True, timeout=600)
@@ -99,6 +102,12 @@ def test_sharded_evaluation_equals_one_process(tiny_qwen_dir, shared_data, tmp_p
         assert s2["benchmarks"][name]["n"] == entry["n"]
         assert s2["benchmarks"][name]["accuracy"] == entry["accuracy"]
     assert done.stdout.count("throughput") <= 1  # the results table: printed by rank 0 only
+    for probe in ("zh", "en"):
+        p1, p2 = s1["perplexity"][probe], s2["perplexity"][probe]
+        assert len(p1["texts"]) >= 2 and [c for c, _ in p2["texts"]] == [c for c, _ in p1["texts"]]
+        assert [b for _, b in p2["texts"]] == pytest.approx([b for _, b in p1["texts"]], abs=2e-4)
+        assert (p2["chars"], p2["tokens"]) == (p1["chars"], p1["tokens"])
+        assert p2["bits_per_char"] == pytest.approx(p1["bits_per_char"], rel=1e-5)
 
 
 @pytest.mark.slow  # one training in one process, one in two

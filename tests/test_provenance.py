@@ -59,6 +59,46 @@ def test_git_state_follows_the_checkout(repo, tmp_path):
     assert git_state(tmp_path / "loose.py") == {"git_commit": None, "git_dirty": None}
 
 
+def test_committed_outputs_and_docs_do_not_make_the_code_dirty(repo):
+    """A run that resumes from outputs committed in the same repository rewrites them: that is not a
+    change to the code. The package's folder and pyproject.toml are the code."""
+    (repo / "pkg").mkdir()
+    (repo / "pkg" / "code.py").write_text("x = 1\n")
+    (repo / "results").mkdir()
+    (repo / "results" / "out.json").write_text("{}\n")
+    (repo / "pyproject.toml").write_text("[project]\nname = 'p'\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "code and outputs")
+    code = repo / "pkg" / "code.py"
+    (repo / "results" / "out.json").write_text('{"resumed": true}\n')
+    (repo / "code.py").write_text("x = 3\n")  # outside the package: documentation, scripts
+    assert git_state(code)["git_dirty"] is False
+    (repo / "pyproject.toml").write_text("[project]\nname = 'p'\ndependencies = ['torch']\n")
+    assert git_state(code)["git_dirty"] is True
+    git(repo, "checkout", "--", "pyproject.toml")
+    (repo / "pkg" / "code.py").write_text("x = 2\n")
+    assert git_state(code)["git_dirty"] is True
+
+
+def test_a_resumed_stage_keeps_its_first_start(tmp_path, monkeypatch):
+    import zhtune.artifacts as artifacts
+
+    times = iter(["2026-12-03T15:57:10Z", "2026-12-03T16:42:49Z", "2026-12-03T17:00:00Z"])
+    monkeypatch.setattr(artifacts, "utc_timestamp", lambda: next(times))
+    stage = tmp_path / "eval"
+    begin_stage(stage, "evaluate", "fp")
+    (stage / "chunk.json").write_text("{}")
+    begin_stage(stage, "evaluate", "fp")  # the same settings: resumed, the work kept
+    marker = read_json(stage / "stage-started.json")
+    assert marker["started"] == "2026-12-03T15:57:10Z" and (stage / "chunk.json").exists()
+    assert [r["started"] for r in marker["resumed"]] == ["2026-12-03T16:42:49Z"]
+    assert marker["resumed"][0]["provenance"] == provenance()
+    begin_stage(stage, "evaluate", "other")  # other settings: a fresh start
+    marker = read_json(stage / "stage-started.json")
+    assert marker["started"] == "2026-12-03T17:00:00Z" and "resumed" not in marker
+    assert not (stage / "chunk.json").exists()
+
+
 def test_provenance_names_this_checkout():
     from zhtune import __version__
 
@@ -179,7 +219,8 @@ def test_registration_refuses_an_uncommitted_config(repo, tiny_llama_dir, shared
     assert record["design"]["lora.rank"] == 5 and record["provenance"]["zhtune_version"]
 
 
-def test_a_registered_grid_registers_its_variants(repo, tiny_llama_dir, shared_data):
+def _registered_grid(repo: Path, tiny_llama_dir, shared_data) -> Path:
+    """A committed config with the grid train.seed = 42, 7, registered (the registration not committed)."""
     raw = tiny_config(tiny_llama_dir, repo / "runs" / "s", repo / "runs" / "b")
     raw["sweep"] = {"grid": {"train.seed": [42, 7]}}
     config = repo / "grid.yaml"
@@ -187,11 +228,36 @@ def test_a_registered_grid_registers_its_variants(repo, tiny_llama_dir, shared_d
     git(repo, "add", "grid.yaml")
     git(repo, "commit", "-qm", "grid")
     register(load_config(config), config, data_dir=shared_data)
+    return config
+
+
+def test_a_registered_grid_registers_its_variants(repo, tiny_llama_dir, shared_data):
+    config = _registered_grid(repo, tiny_llama_dir, shared_data)
     second = check_registration(load_config(config, ["train.seed=7"]), config)
     assert second["status"] == "matches" and second["variant"] == {"train.seed": 7}
     assert "registered variant train.seed = 7" in registration_sentence(second)
     with pytest.raises(UserError, match="train.seed"):
         check_registration(load_config(config, ["train.seed=8"]), config)
+
+
+def test_sweep_checks_the_registration_of_its_grid(repo, tiny_llama_dir, shared_data, tmp_path):
+    """zhtune sweep on a registered config: a grid the registration does not name is refused before any
+    work; the registered grid is checked as matching and results.md / sweep.json cite it."""
+    from zhtune.sweep.results import write_results
+
+    config = _registered_grid(repo, tiny_llama_dir, shared_data)
+    git(repo, "add", "grid.registration.json")
+    git(repo, "commit", "-qm", "register")
+    runner = CliRunner()
+    for extra in (["lora.rank=4,8"], ["train.seed=42,7,1"], ["lora.rank=16"]):  # a new axis, seed, setting
+        r = runner.invoke(app, ["sweep", str(config), *extra, "--data-dir", str(shared_data)])
+        assert isinstance(r.exception, UserError) and "differs from its registration" in str(r.exception), extra
+    assert not (repo / "runs" / "s").exists()
+    checked = check_registration(load_config(config), config)
+    assert checked["status"] == "matches"
+    summary = write_results(tmp_path, [], {}, None, checked)
+    assert summary["registration"] == checked
+    assert f"Pre-registered design {checked['design_hash']}" in (tmp_path / "results.md").read_text()
 
 
 @pytest.mark.slow

@@ -57,15 +57,16 @@ def test_committed_baseline_is_the_registered_evaluation():
     assert sum(1 for _ in (base / "predictions.jsonl").open(encoding="utf-8")) == 1350
 
 
-def test_seed42_comparison_follows_from_the_committed_predictions():
-    """The committed comparison of seed 42 is what the config's analysis gives from the committed
+@pytest.mark.parametrize("seed", [42, 7])
+def test_each_seeds_comparison_follows_from_the_committed_predictions(seed):
+    """The committed comparison of each seed is what the config's analysis gives from the committed
     baseline and adapter predictions, and the report states it."""
     from zhtune.analysis.forgetting import compare_runs
     from zhtune.analysis.sentences import headline_sentences
 
     cfg = resolve_config(str(CONFIG))
     base = RESULTS / "baselines" / baseline_fingerprint(cfg, STUDY_DATA_DIR) / "base"
-    run = RESULTS / "seed42"
+    run = RESULTS / f"seed{seed}"
     committed = read_json(run / "compare" / "comparison.json")
     again = compare_runs(base.relative_to(ROOT), (run / "eval" / "qwen-study").relative_to(ROOT), cfg.analysis).to_dict()
     for figure in (again["chinese_gain"], again["pooled_including_floors"]["english_forgetting"]):
@@ -79,3 +80,20 @@ def test_seed42_comparison_follows_from_the_committed_predictions():
     for sentence in headline_sentences(committed):
         assert sentence in lead, sentence
     assert read_json(run / "experiment.json")["registration"]["status"] == "matches"
+
+
+def test_committed_seed_spread_follows_from_the_two_comparisons(monkeypatch):
+    """docs/results/qwen-study/seeds/seeds.json is what `zhtune seeds` gives from the two committed
+    comparisons (their tuned evaluations are named relative to the repository root)."""
+    from zhtune.analysis.seeds import seed_spread
+
+    monkeypatch.chdir(ROOT)
+    committed = read_json(RESULTS / "seeds" / "seeds.json")
+    again = seed_spread([read_json(RESULTS / f"seed{s}" / "compare" / "comparison.json") for s in (42, 7)],
+                        ["42", "7"])
+    assert again["notes"] == [] and committed["sentences"] == again["sentences"]
+    assert [f["figure"] for f in committed["figures"]] == [f["figure"] for f in again["figures"]]
+    for was, now in zip(committed["figures"], again["figures"], strict=True):
+        for field in ("range", "sd", "question_half_width"):
+            assert now[field] == pytest.approx(was[field], abs=1e-9), (now["figure"], field)
+        assert now["between_seeds"] == was["between_seeds"], now["figure"]

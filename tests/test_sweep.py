@@ -73,3 +73,36 @@ def test_small_sweep_completes_and_resumes(tiny_llama_dir, shared_data, tmp_path
         assert (runs / name / "experiment.json").stat().st_mtime_ns == before[name], name
     exp = json.loads((tmp_path / "sweep" / "runs" / "rank8-dropout0.1" / "experiment.json").read_text())
     assert exp["ran"] == ["compare", "report"]
+
+
+# ----------------------------------------------------------------------------------- GPUs per point
+def test_each_point_reserves_one_gpu_per_training_process(tmp_path, monkeypatch):
+    """A point trained with --nproc N (train.num_processes) starts N processes: it must hold N GPUs."""
+    import shutil
+
+    from zhtune.config import SweepConfig
+    from zhtune.sweep.launcher import device_groups, point_gpus
+
+    assert [point_gpus(SweepConfig(), n, True) for n in (1, 2, 8)] == [1, 2, 8]
+    assert point_gpus(SweepConfig(), 2, False) == 0  # a CPU cluster: gloo processes
+    assert point_gpus(SweepConfig(gpus_per_point=4), 2, True) == 4
+    assert point_gpus(SweepConfig(gpus_per_point=0), 2, True) == 0
+    with pytest.raises(UserError, match="gpus_per_point=1 but train.num_processes=2"):
+        point_gpus(SweepConfig(gpus_per_point=1), 2, True)
+    devices = ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+    assert device_groups(devices, 1) == devices
+    assert device_groups(devices, 2) == ["cuda:0,1", "cuda:2,3"]
+    with pytest.raises(UserError, match="multiple of 2"):
+        device_groups(devices[:3], 2)
+
+    # The Slurm job array asks for them (submitit builds the executor without contacting Slurm).
+    pytest.importorskip("submitit")
+    from zhtune.sweep.launcher import make_launcher
+
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/" + name)
+    launcher = make_launcher(SweepConfig(launcher="slurm"), processes_per_point=2)
+    launcher.open(tmp_path / "grid", None)
+    assert launcher.executor._executor.parameters["gpus_per_node"] == 2
+    # The local launcher gives each worker a group of devices: CUDA_VISIBLE_DEVICES=0,1 for one point.
+    local = make_launcher(SweepConfig(), processes_per_point=2, devices=devices)
+    assert local.workers == 2 and local.free == ["cuda:0,1", "cuda:2,3"]

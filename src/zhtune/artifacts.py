@@ -39,11 +39,14 @@ def run_git(args: list[str], cwd: Path) -> str | None:
 
 def git_state(path: str | Path | None = None) -> dict:
     """The git commit of the checkout holding ``path`` (default: the running zhtune package) and
-    whether its tracked files differ from that commit: ``{"git_commit": sha | None, "git_dirty":
-    bool | None}``. Both None when the code is not in a git checkout, e.g. a wheel installed in a
-    virtual environment that itself sits inside some repository: ``path`` must be tracked by the
-    checkout git finds, else that checkout is not the code's. Untracked files do not count as dirty
-    (outputs, caches); a new module only changes a result once a tracked file imports it."""
+    whether the code differs from that commit: ``{"git_commit": sha | None, "git_dirty": bool |
+    None}``. Both None when the code is not in a git checkout, e.g. a wheel installed in a virtual
+    environment that itself sits inside some repository: ``path`` must be tracked by the checkout git
+    finds, else that checkout is not the code's. The code is the folder holding ``path`` (the
+    package, its shipped configs included) and the checkout's ``pyproject.toml`` (the dependencies):
+    outputs committed elsewhere in the repository (``docs/results``), which a resumed run itself
+    rewrites, and the documentation do not make it dirty. Untracked files do not count either
+    (caches); a new module only changes a result once a tracked file imports it."""
     here = Path(path) if path is not None else Path(__file__).resolve()
     folder = here if here.is_dir() else here.parent
     if not folder.is_dir() or run_git(["ls-files", "--error-unmatch", here.name if here.is_file() else "."],
@@ -52,7 +55,7 @@ def git_state(path: str | Path | None = None) -> dict:
     commit = run_git(["rev-parse", "HEAD"], folder)
     if commit is None:  # a repository without commits
         return {"git_commit": None, "git_dirty": None}
-    status = run_git(["status", "--porcelain", "--untracked-files=no"], folder)
+    status = run_git(["status", "--porcelain", "--untracked-files=no", "--", ".", ":/pyproject.toml"], folder)
     return {"git_commit": commit, "git_dirty": None if status is None else bool(status)}
 
 
@@ -104,14 +107,21 @@ def stage_is_current(stage_dir: Path, fp: str) -> bool:
 
 
 def begin_stage(stage_dir: Path, name: str, fp: str, *, force: bool = False) -> None:
-    """Make ``stage_dir`` ready for a stage run with fingerprint ``fp`` and mark it started."""
+    """Make ``stage_dir`` ready for a stage run with fingerprint ``fp`` and mark it started. A stage
+    resumed with the same settings keeps its first start (time and code) and adds this one to
+    ``resumed``: an output's record says when, and from which commit, its work began."""
     started = stage_dir / STAGE_STARTED
-    if stage_dir.exists() and (force or not started.exists() or read_json(started).get("fingerprint") != fp):
+    now = {"started": utc_timestamp(), "provenance": provenance()}
+    earlier = read_json(started) if started.exists() else None
+    if stage_dir.exists() and (force or earlier is None or earlier.get("fingerprint") != fp):
         shutil.rmtree(stage_dir)
+        earlier = None
     stage_dir.mkdir(parents=True, exist_ok=True)
     (stage_dir / STAGE_FINISHED).unlink(missing_ok=True)
-    atomic_write_json(started, {"stage": name, "fingerprint": fp, "started": utc_timestamp(),
-                                "provenance": provenance()})
+    record = {"stage": name, "fingerprint": fp, **now}
+    if earlier is not None:
+        record = {**earlier, "resumed": [*earlier.get("resumed", []), now]}
+    atomic_write_json(started, record)
 
 
 def finish_stage(stage_dir: Path, name: str, fp: str, seconds: float) -> None:

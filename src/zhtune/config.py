@@ -225,8 +225,8 @@ class SweepConfig(_Section):
     address: str | None = Field(None, description=(
         "Ray: auto or HOST:PORT; None: RAY_ADDRESS, else Ray on this machine."))
     gpus_per_point: int | None = Field(None, ge=0, description=(
-        "GPUs per point; None: 1 where the cluster has GPUs (Ray: counted; Slurm: assumed, 0 with "
-        "slurm.cluster=local)."))
+        "GPUs per point; None: one per training process (train.num_processes) where the cluster has "
+        "GPUs (Ray: counted; Slurm: assumed, 0 with slurm.cluster=local)."))
     cpus_per_point: int = Field(1, gt=0, description="Ray / Slurm: CPUs per point.")
     max_retries: int = Field(2, ge=0, description=(
         "Restarts (from the last checkpoint) of a point whose worker or job died, before it is reported failed."))

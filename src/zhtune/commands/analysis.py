@@ -215,6 +215,38 @@ def register(app: typer.Typer) -> None:
             console.print(f"browser check: {check.images} images, none broken; screenshot {check.screenshot}")
         console.print(f"[bold green]report:[/] {paths['html']}")
 
+    @app.command("seeds")
+    def seeds_cmd(
+        comparisons: List[Path] = typer.Argument(..., help="One comparison per training seed: comparison.json "
+                                                 "files, zhtune compare folders or zhtune run folders (the "
+                                                 "first is the one the others are compared with)."),
+        seed: Optional[List[str]] = typer.Option(None, "--seed", help="The seeds' names, in the same order "
+                                                 "(repeatable; default: the tuned evaluation folders)."),
+        output_dir: Path = typer.Option(Path("seeds"), "--output-dir", "--output_dir",
+                                        help="Where seeds.json and seeds.md go."),
+    ):
+        """Seed-to-seed spread of every primary figure across runs that differ only in train.seed, beside
+        the question-level interval, and each seed compared with the first on the same questions."""
+        from zhtune.analysis.formatting import num, signed
+        from zhtune.analysis.seeds import seed_spread, write_seed_spread
+
+        result = seed_spread(_load_comparisons(comparisons), seed)
+        paths = write_seed_spread(result, output_dir)
+        write_resolved_settings(output_dir, "seeds", comparisons=[str(c) for c in comparisons], seed=seed)
+        table = Table(title="Seed-to-seed spread (points; bits: relative change, %)")
+        for col in ("Figure", *(f"seed {s}" for s in result["seeds"]), "Range", "Question ±95%", "Seeds, same questions: p"):
+            table.add_column(col, justify="left" if col == "Figure" else "right")
+        for f in result["figures"]:
+            table.add_row(f["name"], *(signed(s["estimate"]) for s in f["seeds"]), num(f["range"]),
+                          f"±{num(f['question_half_width'])}",
+                          ", ".join(_p(b["p"]) for b in f["between_seeds"]) or "–")
+        console.print(table)
+        for sentence in result["sentences"]:
+            console.print(f"  {sentence}")
+        for note in result["notes"]:
+            err_console.print(f"[yellow]note:[/] {note}")
+        console.print(f"[bold green]wrote[/] {paths['json']}  {paths['md']}")
+
     @app.command("tradeoff")
     def tradeoff_cmd(
         scale_dir: Path = typer.Argument(..., help="Multi-run evaluation folder: the base and one adapter at "

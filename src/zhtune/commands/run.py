@@ -86,14 +86,18 @@ def register(app: typer.Typer) -> None:
         report_to: Optional[str] = typer.Option(None, "--report-to", help=flag_help("tracking.backend")),
         nproc: Optional[int] = typer.Option(None, "--nproc", min=1, help=flag_help("train.num_processes")),
         criterion: Optional[str] = typer.Option(None, "--criterion", help=flag_help("sweep.criterion")),
+        registration: Optional[str] = typer.Option(None, "--registration", help="The design's registration file (default: CONFIG's .registration.json beside it, when there is one)."),
+        ignore_registration: bool = typer.Option(False, "--ignore-registration", help="Run a design that differs from its registration (recorded as such)."),
     ):
         """Run a grid of LoRA settings (one shared baseline) and write results.csv/.md and a Pareto plot.
 
         Points run on this machine, on a Ray cluster (--launcher ray) or as a Slurm job array
         (--launcher slurm); the sweep folder must then be on a filesystem every node sees. Running
-        the same command again finishes only what is missing.
+        the same command again finishes only what is missing. A config with a registration (zhtune
+        register) runs only as registered: its grid included.
         """
-        from zhtune.config import resolve_config
+        from zhtune.config import config_path, resolve_config
+        from zhtune.registration import check_registration
         from zhtune.sweep import run_sweep, split_grid_overrides
 
         grid, plain = split_grid_overrides(list(overrides or []))
@@ -104,9 +108,13 @@ def register(app: typer.Typer) -> None:
                    "train.num_processes": nproc, "sweep.criterion": criterion}
         plain += [f"{key}={value}" for key, value in options.items() if value is not None]
         cfg = resolve_config(config, overrides=plain)
+        # The design checked is the grid that runs: the config's axes and the command line's.
+        whole = cfg.model_copy(update={"sweep": cfg.sweep.model_copy(update={"grid": {**cfg.sweep.grid, **grid}})})
+        checked = check_registration(whole, config_path(config), registration_file=registration,
+                                     ignore_mismatch=ignore_registration)
         try:
             summary = run_sweep(cfg, extra_grid=grid, data_dir=data_dir, workers=workers,
-                                devices=devices.split(",") if devices else None)
+                                devices=devices.split(",") if devices else None, registration=checked)
         except KeyboardInterrupt:  # the sweep cancelled its jobs and said so
             raise typer.Exit(130)
         out = Path(cfg.output.dir)

@@ -5,11 +5,14 @@ The shares are contiguous blocks, so questions of one subject stay together and 
 few-shot prefix; concatenating the blocks in rank order restores the order of the full list. Each
 question is scored independently of its batch (tested: batched = one-by-one), and GSM8K's few-shot
 draws depend on a question's position in its file, not in the list, so the predictions equal those
-of one process. Outside a launch both functions are the identity.
+of one process. Outside a launch these functions are the identity.
+
+Bits per character are shared the same way, by text: each process scores its block of the probe
+texts and the per-text bits are gathered (a text's bits do not depend on the others).
 """
 from __future__ import annotations
 
-from typing import Sequence, TypeVar
+from typing import Any, Sequence, TypeVar
 
 from zhtune import distributed
 
@@ -33,3 +36,19 @@ def gather_rows(rows: list[dict]) -> list[dict]:
 
 def gather_count(count: int) -> int:
     return sum(distributed.all_gather(count))
+
+
+def shared_bits_per_char(model: Any, tokenizer: Any, texts: list[str], *, batch_size: int = 8):
+    """``perplexity.bits_per_char`` over ``texts``, each process scoring its block of them."""
+    from zhtune.eval.perplexity import PerplexityResult, bits_per_char
+
+    texts = [t for t in texts if t]
+    if distributed.world_size() == 1:
+        return bits_per_char(model, tokenizer, texts, batch_size=batch_size)
+    mine = share(texts)
+    part = bits_per_char(model, tokenizer, mine, batch_size=batch_size) if mine else PerplexityResult(0.0, 0, 0, [])
+    parts = distributed.all_gather((part.tokens, part.per_text))
+    per_text = [text for _, texts_of_rank in parts for text in texts_of_rank]
+    chars = sum(c for c, _ in per_text)
+    return PerplexityResult(bits_per_char=sum(bits for _, bits in per_text) / chars, chars=chars,
+                            tokens=sum(tokens for tokens, _ in parts), per_text=per_text)

@@ -238,8 +238,8 @@ def _generation_rows(preds) -> list[dict]:
 def _perplexity(model, tokenizer, eval_cfg: EvalConfig, data_dir) -> dict:
     """Bits per character per probe: ``zh``, ``en`` (seed tasks) and, with ``eval.control_probes``,
     ``zh_control``, ``en_control`` (exam question text), each entry the same shape."""
-    from zhtune.eval.perplexity import (CONTROL_SUFFIX, bits_per_char, control_texts, probe_description,
-                                        probe_texts)
+    from zhtune.eval.distributed import shared_bits_per_char
+    from zhtune.eval.perplexity import CONTROL_SUFFIX, control_texts, probe_description, probe_texts
 
     if data_dir is None:
         reason = "no local data folder (the probe texts are read from belle/ and alpaca/)"
@@ -251,7 +251,7 @@ def _perplexity(model, tokenizer, eval_cfg: EvalConfig, data_dir) -> dict:
                        for lang in ("zh", "en")})
     out = {}
     for probe, texts in probes.items():
-        r = bits_per_char(model, tokenizer, texts, batch_size=eval_cfg.batch_size)
+        r = shared_bits_per_char(model, tokenizer, texts, batch_size=eval_cfg.batch_size)  # by text under a launch
         out[probe] = {"bits_per_char": r.bits_per_char, "chars": r.chars, "tokens": r.tokens,
                       "texts": [[c, round(bits, 4)] for c, bits in r.per_text], **probe_description(probe)}
     return out

@@ -33,6 +33,7 @@ class Outcome:
 class Launcher(ABC):
     remote = True  # workers are other processes, maybe on other machines
     max_wait_s = 2.0  # how long wait() may block: the progress lines refresh in between
+    processes_per_point = 1  # train.num_processes of the points: one GPU each where there are GPUs
 
     def open(self, out_root: Path, marker: Marker) -> None:
         """Connect to the cluster and refuse a sweep folder that some worker cannot see."""
@@ -57,14 +58,40 @@ class Launcher(ABC):
         """Disconnect."""
 
 
+def point_gpus(sweep: SweepConfig, processes: int, cluster_has_gpus: bool) -> int:
+    """GPUs one grid point reserves: ``sweep.gpus_per_point`` when set, else one per training process
+    (``train.num_processes``) where the cluster has GPUs. A point started with N processes on fewer
+    GPUs would put two ranks on one GPU (NCCL refuses), so that setting is refused here."""
+    if sweep.gpus_per_point is None:
+        return processes if cluster_has_gpus else 0
+    if 0 < sweep.gpus_per_point < processes:
+        raise UserError(f"sweep.gpus_per_point={sweep.gpus_per_point} but train.num_processes={processes}: each "
+                        f"point starts {processes} training processes, one per GPU; set sweep.gpus_per_point="
+                        f"{processes} (or leave it unset), or 0 for CPU processes")
+    return sweep.gpus_per_point
+
+
+def device_groups(devices: list[str], processes: int) -> list[str]:
+    """``--devices cuda:0,cuda:1,cuda:2,cuda:3`` with 2 processes per point: ``["cuda:0,1", "cuda:2,3"]``,
+    one group per worker (the local launcher's unit of a device)."""
+    if processes <= 1:
+        return list(devices)
+    if len(devices) % processes or any(not d.startswith("cuda:") for d in devices):
+        raise UserError(f"--devices {','.join(devices)}: with train.num_processes={processes} each point needs "
+                        f"{processes} GPUs, so give a multiple of {processes} cuda:N devices")
+    return ["cuda:" + ",".join(d.split(":", 1)[1] for d in devices[i:i + processes])
+            for i in range(0, len(devices), processes)]
+
+
 _LAUNCHERS = {"local": "zhtune.sweep.local:LocalLauncher",
               "ray": "zhtune.sweep.ray_launcher:RayLauncher",
               "slurm": "zhtune.sweep.slurm:SlurmLauncher"}
 _EXTRAS = {"ray": "ray", "slurm": "submitit"}
 
 
-def make_launcher(sweep: SweepConfig, **local_options) -> Launcher:
-    """The configured launcher (``sweep.launcher``); Ray and submitit are optional extras."""
+def make_launcher(sweep: SweepConfig, processes_per_point: int = 1, **local_options) -> Launcher:
+    """The configured launcher (``sweep.launcher``); Ray and submitit are optional extras.
+    ``processes_per_point``: the largest train.num_processes of the grid's points."""
     module, _, cls = _LAUNCHERS[sweep.launcher].partition(":")
     try:
         launcher_cls = getattr(importlib.import_module(module), cls)
@@ -74,5 +101,8 @@ def make_launcher(sweep: SweepConfig, **local_options) -> Launcher:
         raise UserError(f"sweep.launcher={sweep.launcher} needs {err.name}: "
                         f"pip install 'zhtune[{sweep.launcher}]'") from None
     if sweep.launcher == "local":
-        return launcher_cls(sweep, **local_options)
-    return launcher_cls(sweep)
+        launcher = launcher_cls(sweep, processes_per_point=processes_per_point, **local_options)
+    else:
+        launcher = launcher_cls(sweep)
+    launcher.processes_per_point = processes_per_point
+    return launcher

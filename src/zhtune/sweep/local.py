@@ -10,14 +10,15 @@ from pathlib import Path
 
 from zhtune.config import SweepConfig
 from zhtune.errors import UserError
-from zhtune.sweep.launcher import Launcher, Outcome, Running
+from zhtune.sweep.launcher import Launcher, Outcome, Running, device_groups
 from zhtune.sweep.point import WORKER_LOG, PointJob, run_point, save_job
 
 
 class LocalLauncher(Launcher):
     def __init__(self, sweep: SweepConfig, workers: int | None = None,
-                 devices: list[str] | None = None):
-        self.devices = devices or sweep.devices
+                 devices: list[str] | None = None, processes_per_point: int = 1):
+        # With train.num_processes N, a worker's device is a group of N GPUs ("cuda:0,1").
+        self.devices = device_groups(devices or sweep.devices or [], processes_per_point)
         self.workers = len(self.devices) if self.devices else (workers or sweep.workers)
         self.remote = self.workers > 1
         self.free = list(self.devices) if self.devices else [None] * self.workers
@@ -65,7 +66,7 @@ class LocalLauncher(Launcher):
     def _start(job: PointJob, device: str | None) -> subprocess.Popen:
         env = dict(os.environ)
         if device and device.startswith("cuda:"):
-            env["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
+            env["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]  # "0" or, for N processes, "0,1"
         job_file = save_job(job, job.out_dir / "sweep-job.json")
         with open(job.out_dir / WORKER_LOG, "a") as log_file:
             return subprocess.Popen([sys.executable, "-m", "zhtune.sweep.point", str(job_file)],

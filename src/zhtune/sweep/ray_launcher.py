@@ -1,5 +1,5 @@
 """The Ray launcher: each grid point an ordinary resumable run, executed as a Ray task holding one
-GPU (or ``sweep.cpus_per_point`` CPUs on a CPU cluster). Ray schedules; the runner retries."""
+GPU per training process (or ``sweep.cpus_per_point`` CPUs on a CPU cluster). Ray schedules; the runner retries."""
 from __future__ import annotations
 
 import logging
@@ -10,7 +10,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from zhtune.config import SweepConfig
 from zhtune.errors import UserError
-from zhtune.sweep.launcher import Launcher, Outcome, Running
+from zhtune.sweep.launcher import Launcher, Outcome, Running, point_gpus
 from zhtune.sweep.point import BaselineJob, Marker, PointJob, run_baseline, run_point
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ class RayLauncher(Launcher):
         # Worker output stays in each point's sweep-worker.log (and Ray's logs), not on this console.
         ray.init(address=self.sweep.address, log_to_driver=False)
         gpus = ray.cluster_resources().get("GPU", 0)
-        n_gpus = self.sweep.gpus_per_point if self.sweep.gpus_per_point is not None else int(gpus > 0)
+        n_gpus = point_gpus(self.sweep, self.processes_per_point, gpus > 0)
         self.resources = {"num_cpus": self.sweep.cpus_per_point, "num_gpus": n_gpus}
         log.info("Ray cluster of %d nodes; each grid point takes %d CPU and %d GPU",
                  len(_alive_nodes()), self.sweep.cpus_per_point, n_gpus)

@@ -63,12 +63,14 @@ def pareto_front(rows: list[dict]) -> list[str]:
 
 
 def write_results(out_root: Path, rows: list[dict], failed: dict[str, str],
-                  evidence: dict | None = None) -> dict:
+                  evidence: dict | None = None, registration: dict | None = None) -> dict:
     """results.csv, results.md (the settings with their intervals, which setting is best and with
     what evidence, what each factor does, failed points and why), pareto.png/.svg (the trade-off with
     intervals on both axes), learning_forgetting.png/.svg and sweep.json, each written atomically.
-    ``evidence``: :func:`zhtune.sweep.evidence.grid_evidence` (None: no point finished)."""
+    ``evidence``: :func:`zhtune.sweep.evidence.grid_evidence` (None: no point finished);
+    ``registration``: what zhtune.registration.check_registration found (cited, and kept in sweep.json)."""
     from zhtune.analysis.grid_plots import plot_grid_tradeoff, plot_learning_forgetting
+    from zhtune.registration import registration_sentence
 
     front = pareto_front(rows)
     done = [r for r in rows if r.get("status") == "done"]
@@ -84,6 +86,8 @@ def write_results(out_root: Path, rows: list[dict], failed: dict[str, str],
     atomic_write_text(out_root / "results.csv", buf.getvalue())
 
     md = [f"# Sweep results: {len(rows)} settings", ""]
+    if registration:
+        md += [registration_sentence(registration), ""]
     if verdict:
         md += [f"**{verdict.sentence()}**", ""]
     md += ["## Settings", "", "Chinese gain = tuned - base accuracy on the Chinese benchmarks, English forgetting = "
@@ -107,7 +111,8 @@ def write_results(out_root: Path, rows: list[dict], failed: dict[str, str],
         plot_learning_forgetting(evidence["by_rank"], evidence["probes"], out_root / "learning_forgetting",
                                  factor=evidence["rank_axis"] or "lora.rank")
     summary = {"runs": rows, "pareto": front, "best": verdict.best if verdict else None,
-               "best_set": verdict.confidence_set if verdict else [], "failed": list(failed), "failures": failed}
+               "best_set": verdict.confidence_set if verdict else [], "failed": list(failed), "failures": failed,
+               "registration": registration}
     if evidence:
         summary.update(grid=verdict.to_dict(), factor_effects=evidence["effects"], balanced=evidence["balanced"],
                        learning_by_rank=evidence["by_rank"], probes=evidence["probes"])

@@ -23,11 +23,10 @@ log = logging.getLogger(__name__)
 
 def run_sweep(cfg: ExperimentConfig, *, extra_grid: dict[str, list[Any]] | None = None,
               data_dir: str | Path | None = None, workers: int | None = None,
-              devices: list[str] | None = None) -> dict:
+              devices: list[str] | None = None, registration: dict | None = None) -> dict:
     """Run every unfinished grid point with ``cfg.sweep.launcher`` and write results.csv/.md,
     pareto.png/.svg, learning_forgetting.png/.svg and sweep.json into ``cfg.output.dir``. Returns the
-    summary."""
-    launcher = make_launcher(cfg.sweep, workers=workers, devices=devices)
+    summary. ``registration``: what check_registration found for the sweep's design, cited there."""
     # Not resolved: a path that differs between nodes (a per-node symlink) must stay as given.
     out_root = Path(cfg.output.dir).absolute()
     output = {"dir": str(out_root)}
@@ -41,6 +40,8 @@ def run_sweep(cfg: ExperimentConfig, *, extra_grid: dict[str, list[Any]] | None 
     data = default_data_dir(data_dir or cfg.data.data_dir)
     data = data.resolve() if data else None  # as `zhtune run` has it in its fingerprints
     points = grid_points(cfg, extra_grid, out_root)
+    launcher = make_launcher(cfg.sweep, max(p.config.train.num_processes for p in points), workers=workers,
+                             devices=devices)
     log.info("sweep %s: %d runs over %s with the %s launcher", cfg.name, len(points),
              ", ".join(points[0].values), cfg.sweep.launcher)
 
@@ -75,7 +76,7 @@ def run_sweep(cfg: ExperimentConfig, *, extra_grid: dict[str, list[Any]] | None 
     # Settings compared with each other on the same questions; the best is named only with evidence.
     evidence = grid_evidence(points, rows, baseline_dir(cfg, data) / "base", criterion=cfg.sweep.criterion,
                              margin=margin)
-    summary = write_results(out_root, rows, failed, evidence)
+    summary = write_results(out_root, rows, failed, evidence, registration)
     log_sweep(tracking, cfg, points, data, summary)  # tracking.backend none: does nothing
     return summary
 

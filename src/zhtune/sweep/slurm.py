@@ -12,7 +12,7 @@ from submitit.core.utils import FailedJobError, UncompletedJobError
 
 from zhtune.config import SweepConfig
 from zhtune.errors import UserError
-from zhtune.sweep.launcher import Launcher, Outcome, Running
+from zhtune.sweep.launcher import Launcher, Outcome, Running, point_gpus
 from zhtune.sweep.point import BaselineJob, Marker, PointJob, run_baseline, run_point
 
 
@@ -37,10 +37,10 @@ class SlurmLauncher(Launcher):
                             "node, or set sweep.slurm.cluster=local to try the job array on this machine")
         # Logs and pickled calls of every job; on the shared sweep folder, as the nodes must read them.
         self.executor = submitit.AutoExecutor(folder=out_root / "slurm" / "%j", cluster=s.cluster)
-        gpus = self.sweep.gpus_per_point
         self.params = dict(
             name=f"zhtune-{out_root.name}", timeout_min=s.time_min, cpus_per_task=self.sweep.cpus_per_point,
-            gpus_per_node=gpus if gpus is not None else int(s.cluster == "slurm"),
+            # A real cluster is assumed to have GPUs; the local stand-in has none.
+            gpus_per_node=point_gpus(self.sweep, self.processes_per_point, s.cluster == "slurm"),
             slurm_partition=s.partition, slurm_array_parallelism=s.array_parallelism,
             slurm_additional_parameters=dict(s.additional))
         if s.mem_gb:
