@@ -33,6 +33,8 @@ from zhtune.analysis.stats import GAIN
 from zhtune.errors import UserError
 
 HEADLINES = ("chinese_gain", "english_forgetting")
+PROBES = {"zh": "Chinese seed tasks", "en": "English seed tasks", "zh_control": "Chinese control texts",
+          "en_control": "English control texts"}
 # Of a replicate's training settings, these may differ: the seed, and where the run wrote its files.
 MAY_DIFFER = ("train.seed", "output.")
 METHOD = ("Replicates: runs of one design that differ only in train.seed, evaluated on the same questions "
@@ -143,7 +145,7 @@ def _figures(comparisons: Sequence[dict]):
     for probe in first.get("perplexity") or {}:
         rows = [(c.get("perplexity") or {}).get(probe) or {} for c in comparisons]
         if all("relative_change" in r for r in rows):
-            yield (f"bits_{probe}", f"bits per character, {probe} probe", "percent",
+            yield (f"bits_{probe}", f"bits per character, {PROBES.get(probe, probe)}", "percent",
                    [(100 * r["relative_change"], 100 * r["relative_low"], 100 * r["relative_high"], r["p"])
                     for r in rows], probe, False)
 
@@ -169,7 +171,7 @@ def seed_spread(comparisons: Sequence[dict], seeds: Sequence[str] | None = None)
         between = (_between_bits(runs, members) if unit == "percent"
                    else _between_accuracy(runs, members, pooled, margin, -1.0 if key == "english_forgetting" else 1.0))
         figures.append({
-            "figure": key, "name": name, "unit": unit,
+            "figure": key, "name": name, "unit": unit, "members": [members] if unit == "percent" else members,
             "seeds": [{"seed": s, "estimate": e, "ci_low": lo, "ci_high": hi, "p": p}
                       for s, (e, lo, hi, p) in zip(labels, per_seed, strict=True)],
             **_spread([e for e, *_ in per_seed]),
@@ -177,8 +179,7 @@ def seed_spread(comparisons: Sequence[dict], seeds: Sequence[str] | None = None)
             "between_seeds": between,
         })
     return {"seeds": labels, "runs": [c["tuned"]["dir"] for c in comparisons], "base": comparisons[0]["base"]["dir"],
-            "figures": figures, "sentences": [_sentence(f) for f in figures if f["figure"] in HEADLINES or
-                                              f["figure"].startswith("bits_")],
+            "figures": figures, "sentences": [_sentence(f) for f in figures if _in_sentences(f, figures)],
             "notes": notes, "method": METHOD}
 
 
@@ -199,6 +200,12 @@ def _sentence(f: dict) -> str:
         text += (f" Two seeds bound the seed SD only loosely: up to {num(f['sd_upper_95'])}{unit} is not excluded "
                  "at 95%.")
     return text
+
+
+def _in_sentences(f: dict, figures: list[dict]) -> bool:
+    """The headlines, the bits, and a benchmark only where no headline pools it (MMLU at chance)."""
+    pooled = {b for g in figures if g["figure"] in HEADLINES for b in g["members"]}
+    return f["figure"] in HEADLINES or f["unit"] == "percent" or f["figure"] not in pooled
 
 
 def write_seed_spread(result: dict, output_dir: str | Path) -> dict[str, Path]:
