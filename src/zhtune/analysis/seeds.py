@@ -222,7 +222,7 @@ def seeds_markdown(result: dict) -> str:
     """seeds.md: the table and the sentences."""
     heads = " | ".join(f"seed {s}" for s in result["seeds"])
     lines = ["# Seed-to-seed spread", "", f"Replicates of one design: {', '.join(result['runs'])}; base "
-             f"{result['base']}.", "", f"| Figure | {heads} | Range | SD (95% upper) | Question ±95% | "
+             f"{result['base']}.", "", f"| Figure | {heads} | Range | SD (95% upper) | One run's ±95% (questions; bits: texts) | "
              "Seed vs first seed, same questions |", "|" + "---|" * (len(result["seeds"]) + 5)]
     for f in result["figures"]:
         unit = "" if f["unit"] == "points" else "%"
@@ -233,6 +233,7 @@ def seeds_markdown(result: dict) -> str:
         lines.append(f"| {f['name']} ({'points' if unit == '' else 'bits, relative'}) | {cells} | "
                      f"{num(f['range'])} | {num(f['sd'])} ({num(f['sd_upper_95'])}) | ±{num(f['question_half_width'])} "
                      f"| {between} |")
-    lines += ["", *result["sentences"], "", *(f"Note: {n}." for n in result["notes"]), "",
-              f"Method. {result['method']}", ""]
+    for paragraph in [*result["sentences"], *(f"Note: {n}." for n in result["notes"]), f"Method. {result['method']}"]:
+        lines += ["", paragraph]
+    lines.append("")
     return "\n".join(lines)
