@@ -92,6 +92,8 @@ def test_committed_seed_spread_follows_from_the_two_comparisons(monkeypatch):
     again = seed_spread([read_json(RESULTS / f"seed{s}" / "compare" / "comparison.json") for s in (42, 7)],
                         ["42", "7"])
     assert again["notes"] == [] and committed["sentences"] == again["sentences"]
+    # No English headline (MMLU cloze at chance): MMLU's own spread gets a sentence instead.
+    assert [x.split(":")[0] for x in committed["sentences"][:2]] == ["Chinese change", "MMLU (cloze)"]
     assert [f["figure"] for f in committed["figures"]] == [f["figure"] for f in again["figures"]]
     for was, now in zip(committed["figures"], again["figures"], strict=True):
         for field in ("range", "sd", "question_half_width"):
