@@ -43,12 +43,13 @@ def registration_path(config_file: str | Path) -> Path:
     return p.with_name(p.stem + SUFFIX)
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """A config as dotted keys (``{"lora.rank": 8, ...}``); ``sweep.grid`` stays one value."""
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict) and v and key != "sweep.grid":
-            out.update(_flatten(v, key + "."))
+            out.update(flatten(v, key + "."))
         else:
             out[key] = v
     return out
@@ -56,7 +57,7 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 def design(cfg: ExperimentConfig) -> dict[str, Any]:
     """The settings that make up the design, flat (``{"lora.rank": 8, ...}``)."""
-    flat = _flatten(config_to_dict(cfg))
+    flat = flatten(config_to_dict(cfg))
     return {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in NOT_DESIGN)}
 
 

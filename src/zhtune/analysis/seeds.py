@@ -31,6 +31,7 @@ from zhtune.analysis.paired import bits_per_character, paired_stats, pooled_stat
 from zhtune.analysis.runs import load_run, paired_cells, total
 from zhtune.analysis.stats import GAIN
 from zhtune.errors import UserError
+from zhtune.registration import flatten
 
 HEADLINES = ("chinese_gain", "english_forgetting")
 PROBES = {"zh": "Chinese seed tasks", "en": "English seed tasks", "zh_control": "Chinese control texts",
@@ -48,18 +49,11 @@ METHOD = ("Replicates: runs of one design that differ only in train.seed, evalua
           "uncertainty of the recipe.")
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
-    return out
-
-
 def _training_settings(comparison: dict) -> dict | None:
     """The resolved config of the training that made the tuned run's adapter (next to the adapter), flat."""
     adapter = comparison["tuned"].get("adapter")
     path = Path(adapter).parent / "config.resolved.yaml" if adapter else None
-    return _flat(yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path and path.is_file() else None
+    return flatten(yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path and path.is_file() else None
 
 
 def check_replicates(comparisons: Sequence[dict]) -> list[str]:
@@ -118,10 +112,11 @@ def _between_accuracy(runs, names: list[str], pooled: bool, margin: float, sign:
     return out
 
 
-def _between_bits(runs, probe: str) -> list[dict]:
+def _between_bits(runs, bits: list[dict], probe: str) -> list[dict]:
+    """``bits``: bits_per_character of each later seed against the first (one dict per later run)."""
     out = []
-    for run in runs[1:]:
-        b = bits_per_character(runs[0].summary, run.summary).get(probe) or {}
+    for run, by_probe in zip(runs[1:], bits, strict=True):
+        b = by_probe.get(probe) or {}
         if "relative_change" not in b:
             return []
         out.append({"seed": run.label, "against": runs[0].label, "change": 100 * b["relative_change"],
@@ -166,9 +161,10 @@ def seed_spread(comparisons: Sequence[dict], seeds: Sequence[str] | None = None)
     for run, label in zip(runs, labels, strict=True):
         run.label = label
     margin = comparisons[0]["statistics"]["gain_margin"]
+    bits = [bits_per_character(runs[0].summary, run.summary) for run in runs[1:]]
     figures = []
     for key, name, unit, per_seed, members, pooled in _figures(comparisons):
-        between = (_between_bits(runs, members) if unit == "percent"
+        between = (_between_bits(runs, bits, members) if unit == "percent"
                    else _between_accuracy(runs, members, pooled, margin, -1.0 if key == "english_forgetting" else 1.0))
         figures.append({
             "figure": key, "name": name, "unit": unit, "members": [members] if unit == "percent" else members,

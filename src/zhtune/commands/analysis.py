@@ -234,7 +234,7 @@ def register(app: typer.Typer) -> None:
         paths = write_seed_spread(result, output_dir)
         write_resolved_settings(output_dir, "seeds", comparisons=[str(c) for c in comparisons], seed=seed)
         table = Table(title="Seed-to-seed spread (points; bits: relative change, %)")
-        for col in ("Figure", *(f"seed {s}" for s in result["seeds"]), "Range", "Question ±95%", "Seeds, same questions: p"):
+        for col in ("Figure", *(f"seed {s}" for s in result["seeds"]), "Range", "One run's ±95%", "Seeds, same questions: p"):
             table.add_column(col, justify="left" if col == "Figure" else "right")
         for f in result["figures"]:
             table.add_row(f["name"], *(signed(s["estimate"]) for s in f["seeds"]), num(f["range"]),

@@ -99,6 +99,7 @@ def register(app: typer.Typer) -> None:
         from zhtune.config import config_path, resolve_config
         from zhtune.registration import check_registration
         from zhtune.sweep import run_sweep, split_grid_overrides
+        from zhtune.sweep.grid import with_grid
 
         grid, plain = split_grid_overrides(list(overrides or []))
         options = {"output.dir": output_dir, "sweep.launcher": launcher, "sweep.address": address,
@@ -109,8 +110,7 @@ def register(app: typer.Typer) -> None:
         plain += [f"{key}={value}" for key, value in options.items() if value is not None]
         cfg = resolve_config(config, overrides=plain)
         # The design checked is the grid that runs: the config's axes and the command line's.
-        whole = cfg.model_copy(update={"sweep": cfg.sweep.model_copy(update={"grid": {**cfg.sweep.grid, **grid}})})
-        checked = check_registration(whole, config_path(config), registration_file=registration,
+        checked = check_registration(with_grid(cfg, grid), config_path(config), registration_file=registration,
                                      ignore_mismatch=ignore_registration)
         try:
             summary = run_sweep(cfg, extra_grid=grid, data_dir=data_dir, workers=workers,

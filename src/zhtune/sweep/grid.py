@@ -59,10 +59,17 @@ def point_config(cfg: ExperimentConfig, point: dict[str, Any], out_root: Path) -
     return config_from_dict(raw, f"sweep point {point_name(point)}")
 
 
+def with_grid(cfg: ExperimentConfig, extra_grid: dict[str, list[Any]] | None) -> ExperimentConfig:
+    """``cfg`` with the command line's axes added to its ``sweep.grid``: the grid that runs (and that a
+    registration is checked against)."""
+    return cfg.model_copy(update={"sweep": cfg.sweep.model_copy(update={"grid": {**cfg.sweep.grid,
+                                                                                 **(extra_grid or {})}})})
+
+
 def grid_points(cfg: ExperimentConfig, extra_grid: dict[str, list[Any]] | None,
                 out_root: Path) -> list[SweepPoint]:
     """The config's ``sweep.grid`` with the command line's axes added, one point per combination."""
-    grid = {**cfg.sweep.grid, **(extra_grid or {})}
+    grid = with_grid(cfg, extra_grid).sweep.grid
     if not grid:
         raise UserError("sweep: no grid; give sweep.grid in the config or key=v1,v2 on the command line")
     return [SweepPoint(point_name(p), p, point_config(cfg, p, out_root)) for p in expand_grid(grid)]

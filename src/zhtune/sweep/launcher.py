@@ -101,8 +101,7 @@ def make_launcher(sweep: SweepConfig, processes_per_point: int = 1, **local_opti
         raise UserError(f"sweep.launcher={sweep.launcher} needs {err.name}: "
                         f"pip install 'zhtune[{sweep.launcher}]'") from None
     if sweep.launcher == "local":
-        launcher = launcher_cls(sweep, processes_per_point=processes_per_point, **local_options)
-    else:
-        launcher = launcher_cls(sweep)
+        return launcher_cls(sweep, processes_per_point=processes_per_point, **local_options)
+    launcher = launcher_cls(sweep)
     launcher.processes_per_point = processes_per_point
     return launcher

@@ -18,6 +18,7 @@ class LocalLauncher(Launcher):
     def __init__(self, sweep: SweepConfig, workers: int | None = None,
                  devices: list[str] | None = None, processes_per_point: int = 1):
         # With train.num_processes N, a worker's device is a group of N GPUs ("cuda:0,1").
+        self.processes_per_point = processes_per_point
         self.devices = device_groups(devices or sweep.devices or [], processes_per_point)
         self.workers = len(self.devices) if self.devices else (workers or sweep.workers)
         self.remote = self.workers > 1
